@@ -1,0 +1,3 @@
+from gridcam.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""The ``gridcam`` command: a thin argparse front, one sub-command per job.
+
+Each sub-command's options are declared in its own ``_add_<name>`` function below and the parsed
+namespace is handed to the engine (or data) function named in ``set_defaults(func=...)``. Nothing
+here computes anything; heavy imports happen lazily inside the handlers so ``gridcam --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+
+def _lazy(target: str) -> Callable[[argparse.Namespace], int | None]:
+    """Return a handler that imports ``module:function`` only when the sub-command runs."""
+    module_name, func_name = target.split(":")
+
+    def handler(args: argparse.Namespace) -> int | None:
+        return getattr(importlib.import_module(module_name), func_name)(args)
+
+    handler.__name__ = func_name
+    return handler
+
+
+# --------------------------------------------------------------------------------------- models
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list the built-in architectures")
+    p.set_defaults(func=_lazy("gridcam.models:cli_list"))
+
+
+# ------------------------------------------------------------------------------------ selfcheck
+def _add_selfcheck(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("selfcheck", help="a few-second check that models, Grad-CAM and gridding work")
+    p.add_argument("--arch", default="tiny_resnet")
+    p.set_defaults(func=_lazy("gridcam.selfcheck:main"))
+
+
+# ---------------------------------------------------------------------------------------- synth
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="write a synthetic dataset in the real ImageNet or COCO formats")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    im = kinds.add_parser("imagenet", help="ImageNet layout: train/<wnid>/*.JPEG, val/*.JPEG + VOC XML")
+    im.add_argument("out")
+    im.add_argument("--classes", type=int, default=10)
+    im.add_argument("--train-per-class", type=int, default=40)
+    im.add_argument("--val-per-class", type=int, default=10)
+    im.add_argument("--image-size", type=int, default=128)
+    im.add_argument("--spurious", type=float, default=0.0,
+                    help="probability that the background carries a cue correlated with the class")
+    im.add_argument("--seed", type=int, default=0)
+    im.set_defaults(func=_lazy("gridcam.data.synthetic:cli_imagenet"))
+    co = kinds.add_parser("coco", help="COCO layout: train2014/, val2014/, annotations/instances_*.json")
+    co.add_argument("out")
+    co.add_argument("--images-train", type=int, default=200)
+    co.add_argument("--images-val", type=int, default=50)
+    co.add_argument("--categories", type=int, default=8)
+    co.add_argument("--image-size", type=int, default=128)
+    co.add_argument("--spurious", type=float, default=0.0)
+    co.add_argument("--seed", type=int, default=0)
+    co.set_defaults(func=_lazy("gridcam.data.synthetic:cli_coco"))
+
+
+# ------------------------------------------------------------------------------- coco-negatives
+def _add_coco_negatives(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("coco-negatives",
+                       help="write, per category, the images that do not contain it (JSON)")
+    p.add_argument("data", help="COCO root (with annotations/instances_<split>2014.json)")
+    p.add_argument("--split", choices=["train", "val"], default="train")
+    p.add_argument("--output", default=None, help="default: DATA/annotations/negatives_<split>2014.json")
+    p.set_defaults(func=_lazy("gridcam.data.negatives:cli"))
+
+
+# ---------------------------------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train with the Grad-CAM consistency loss (or the baseline, --lambda 0)")
+    kinds = p.add_subparsers(dest="dataset", required=True)
+    for name in ("imagenet", "coco"):
+        k = kinds.add_parser(name, help=f"{name}-style data")
+        k.add_argument("data")
+        k.set_defaults(func=_lazy("gridcam.engine.train:main"))
+        _train_options(k, coco=(name == "coco"))
+
+
+def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
+    p.add_argument("-a", "--arch", default="resnet18")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="global batch over all ranks")
+    p.add_argument("-j", "--workers", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=36 if coco else 90)
+    p.add_argument("--lr", type=float, default=0.01 if coco else 0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=1e-4)
+    p.add_argument("--lambda", dest="lam", type=float, default=1.0 if coco else 25.0,
+                   help="weight of the Grad-CAM consistency loss; 0 = baseline")
+    p.add_argument("--maxpool", action="store_true", help="global max pooling (GMP) instead of average")
+    p.add_argument("--resume", default=None, help="checkpoint to continue from (exactly)")
+    p.add_argument("--save-dir", "--save_dir", dest="save_dir", default="runs/train")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("-e", "--evaluate", action="store_true", help="only validate the model")
+    p.add_argument("--pretrained", default=None, help="weights file to start from (same classes)")
+    p.add_argument("--init", default=None,
+                   help="start from a checkpoint with its classifier dropped (ImageNet -> COCO)")
+    p.add_argument("--negatives", choices=["batch", "dataset"], default="batch",
+                   help="batch: composites from the current batch; dataset: the paper's loader sampling")
+    p.add_argument("--detach-target", action="store_true",
+                   help="stop gradients through the target heatmap of the original image")
+    p.add_argument("--gradcam-variant", choices=["elementwise", "classic"], default="elementwise")
+    p.add_argument("--amp", action="store_true", help="autocast (bf16 where supported, else fp16) on CUDA")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--schedule", choices=["step", "cosine"], default="step")
+    p.add_argument("--print-freq", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+# ------------------------------------------------------------------------------------- evaluate
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score explanations: pointing game, stochastic PG, content heatmap")
+    kinds = p.add_subparsers(dest="dataset", required=True)
+    for name in ("imagenet", "coco"):
+        k = kinds.add_parser(name, help=f"{name}-style validation data")
+        k.add_argument("root")
+        k.set_defaults(func=_lazy("gridcam.engine.evaluate:main"))
+        _evaluate_options(k)
+
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "--resume", dest="checkpoint", default=None)
+    p.add_argument("-a", "--arch", default="resnet18")
+    p.add_argument("--maxpool", action="store_true")
+    p.add_argument("--input-resize", "--input_resize", dest="input_resize", type=int, default=224)
+    p.add_argument("--methods", default="gradcam")
+    p.add_argument("--gradcam-variant", choices=["elementwise", "classic"], default="elementwise")
+    p.add_argument("--metrics", default="pg,spg,ch")
+    p.add_argument("--tolerance", type=float, default=15.0)
+    p.add_argument("--spg-samples", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-j", "--workers", type=int, default=4)
+    p.add_argument("-b", "--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--classes", default=None, help="file listing the class wnids, one per line")
+    p.add_argument("--output", default="results.json")
+    p.add_argument("--per-image", default=None, help="JSON-lines file of per-image results (resumable)")
+    p.add_argument("--device", default=None)
+
+
+# ----------------------------------------------------------------------------------------- demo
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="end to end on built-in synthetic data: synth, train, evaluate, report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_lazy("gridcam.engine.demo:main"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gridcam",
+        description="Explainable models with consistent interpretations (Grad-CAM consistency).",
+    )
+    from gridcam import __version__
+
+    parser.add_argument("--version", action="version", version=f"gridcam {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_demo, _add_train, _add_evaluate, _add_synth, _add_coco_negatives,
+                _add_models, _add_selfcheck):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from gridcam.errors import GridcamError
+
+    try:
+        result = args.func(args)
+    except GridcamError as exc:
+        print(f"gridcam: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gridcam: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
