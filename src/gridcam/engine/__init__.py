@@ -1,0 +1,1 @@
+"""Loops that run jobs: training, evaluation, the demo; distributed set-up and checkpoint files."""

@@ -1,0 +1,41 @@
+"""Architectures with torchvision-identical state dicts, a name registry, and safe weight loading.
+
+>>> from gridcam import models
+>>> model = models.create("resnet18", num_classes=1000, pooling="max")   # GMP ResNet-18
+>>> layer = models.cam_layer(model)                                      # model.layer4
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from gridcam.models.checkpoint import (
+    checkpoint_num_classes,
+    create_from_checkpoint,
+    guess_arch,
+    load_checkpoint,
+    load_state_dict,
+    read_checkpoint,
+)
+from gridcam.models.registry import (
+    cam_layer,
+    classifier_prefix,
+    create,
+    describe,
+    list_models,
+    register,
+    unwrap,
+)
+
+__all__ = [
+    "cam_layer", "checkpoint_num_classes", "classifier_prefix", "create", "create_from_checkpoint",
+    "describe", "guess_arch", "list_models", "load_checkpoint", "load_state_dict",
+    "read_checkpoint", "register", "unwrap",
+]
+
+
+def cli_list(args: argparse.Namespace) -> int:
+    """``gridcam models``: one line per architecture."""
+    for name in list_models():
+        print(f"{name:<12} {describe(name)}")
+    return 0

@@ -1,0 +1,146 @@
+"""Reading weights files safely: torchvision state dicts, the paper's checkpoints, and ours.
+
+Every file is read with ``torch.load(weights_only=True)``: a file that holds pickled Python objects
+(which could run code when unpickled) is refused with a clear message and nothing in it runs.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from gridcam.errors import GridcamError
+from gridcam.models.registry import classifier_prefix, list_models, shapes_on_meta, unwrap
+
+StateDict = dict[str, torch.Tensor]
+
+
+def read_checkpoint(path: str | Path) -> tuple[StateDict, dict[str, Any]]:
+    """Read a weights file -> (clean state dict, metadata).
+
+    Accepts a bare state dict (torchvision), ``{'state_dict': ...}`` (the paper's and ours, also
+    ``'model'``). ``module.`` path components (DataParallel/DDP, also mid-key as in the paper's
+    AlexNet ``features.module.0.weight``) are removed. Metadata: every other entry of the top-level
+    dict (``epoch``, ``arch``, ``num_classes`` ...), without the optimizer state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GridcamError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines()
+                       if "global" in ln.lower() and "unsupported" in ln.lower()), "")
+        if not detail:  # not a disallowed object: the bytes are simply not a torch file
+            raise GridcamError(f"cannot read checkpoint {path}: not a PyTorch weights file "
+                               "(truncated or another format)") from None
+        raise GridcamError(
+            f"refused to load {path}: it contains pickled Python objects that are not plain "
+            f"tensors/containers, and loading them could run arbitrary code ({detail}). "
+            "Re-save only the state_dict with torch.save(model.state_dict(), ...).") from None
+    except Exception as exc:  # truncated zip, wrong format, I/O error
+        raise GridcamError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(obj, Mapping):
+        raise GridcamError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    meta: dict[str, Any] = {}
+    sd: Any = obj
+    for key in ("state_dict", "model", "model_state_dict"):
+        if key in obj and isinstance(obj[key], Mapping):
+            sd = obj[key]
+            meta = {k: v for k, v in obj.items() if k not in (key, "optimizer")}
+            break
+    tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise GridcamError(f"checkpoint {path} contains no tensors")
+    clean = {".".join(p for p in k.split(".") if p != "module"): v for k, v in tensors.items()}
+    return clean, meta
+
+
+def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Number of classes = rows of the last 2-D weight (``fc.weight`` / ``classifier.6.weight``)."""
+    for key in ("fc.weight", "classifier.6.weight"):
+        if key in state_dict:
+            return int(state_dict[key].shape[0])
+    weights = [k for k, v in state_dict.items() if k.endswith(".weight") and v.ndim == 2]
+    if not weights:
+        raise GridcamError("cannot tell the number of classes: no linear layer in the checkpoint")
+    return int(state_dict[weights[-1]].shape[0])
+
+
+def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The registered architecture whose keys and (non-classifier) shapes match, or None."""
+    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    for name in list_models():
+        want = shapes_on_meta(name)
+        if set(want) == set(have) and all(
+            want[k] == have[k] for k in want if not k.startswith(("fc.", "classifier.6."))
+        ):
+            return name
+    return None
+
+
+def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                    drop_classifier: bool = False, source: str = "checkpoint") -> None:
+    """Copy weights into ``model`` strictly; explain any mismatch.
+
+    ``drop_classifier=True`` keeps the model's own (fresh) final linear layer, for transfer to a new
+    label set (ImageNet -> COCO). A mismatch raises GridcamError listing the missing, unexpected and
+    mis-shaped keys and the architecture the file seems to be.
+    """
+    target = unwrap(model)
+    sd = dict(state_dict)
+    own = target.state_dict()
+    if drop_classifier:
+        prefix = classifier_prefix(target) + "."
+        sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+        sd.update({k: v for k, v in own.items() if k.startswith(prefix)})
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shape = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or shape:
+        prefix = classifier_prefix(target) + "."
+        if not missing and not unexpected and all(k.startswith(prefix) for k in shape):
+            raise GridcamError(
+                f"{source} has {checkpoint_num_classes(sd)} classes but the model has "
+                f"{checkpoint_num_classes(own)}; to fine-tune on a new label set, drop the "
+                "classifier (--init / drop_classifier=True)")
+        guess = guess_arch(sd)
+        lines = [f"{source} does not fit {type(target).__name__}"
+                 f" ({'it looks like ' + guess if guess else 'no built-in architecture matches it'}):"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                lines.append(f"  {len(keys)} {label} keys, e.g. {', '.join(keys[:5])}")
+        for k in shape[:5]:
+            lines.append(f"  {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+        raise GridcamError("\n".join(lines))
+    target.load_state_dict(sd, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, drop_classifier: bool = False) -> dict[str, Any]:
+    """Load a weights file into ``model`` (see :func:`read_checkpoint`); return its metadata."""
+    sd, meta = read_checkpoint(path)
+    load_state_dict(model, sd, drop_classifier=drop_classifier, source=str(path))
+    return meta
+
+
+def create_from_checkpoint(path: str | Path, arch: str | None = None,
+                           pooling: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model a checkpoint describes and load it -> (model, metadata).
+
+    The number of classes comes from the file. ``arch``/``pooling`` default to what the file records
+    (our checkpoints store them), else ``arch`` is guessed from the keys and shapes.
+    """
+    from gridcam.models.registry import create
+
+    sd, meta = read_checkpoint(path)
+    arch = arch or meta.get("arch") or guess_arch(sd)
+    if arch is None:
+        raise GridcamError(f"cannot tell the architecture of {path}; pass it with -a/--arch")
+    pooling = pooling or meta.get("pooling") or "avg"
+    model = create(str(arch), num_classes=checkpoint_num_classes(sd), pooling=str(pooling))
+    load_state_dict(model, sd, source=str(path))
+    return model, meta

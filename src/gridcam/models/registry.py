@@ -1,0 +1,131 @@
+"""One registry maps an architecture name to a constructor (timm-style); the CLI lists it."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from gridcam.errors import GridcamError
+from gridcam.models.alexnet_vgg import VGG_CFGS, VGG, AlexNet
+from gridcam.models.resnet import BasicBlock, Bottleneck, ResNet
+
+Constructor = Callable[[int, str], nn.Module]
+_REGISTRY: dict[str, tuple[Constructor, str]] = {}
+
+
+def register(name: str, description: str) -> Callable[[Constructor], Constructor]:
+    """Decorator: register ``fn(num_classes, pooling) -> nn.Module`` under ``name``."""
+
+    def wrap(fn: Constructor) -> Constructor:
+        _REGISTRY[name] = (fn, description)
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create`, in registration order."""
+    return list(_REGISTRY)
+
+
+def describe(name: str) -> str:
+    return _REGISTRY[name][1]
+
+
+def create(name: str, num_classes: int = 1000, pooling: str = "avg") -> nn.Module:
+    """Build a built-in architecture, randomly initialised.
+
+    ``pooling``: "avg" (standard) or "max" (the paper's GMP; ResNets only). Raises GridcamError for
+    an unknown name or an unsupported pooling.
+    """
+    if name not in _REGISTRY:
+        raise GridcamError(f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)}")
+    if pooling not in ("avg", "max"):
+        raise GridcamError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+    if num_classes < 1:
+        raise GridcamError(f"num_classes must be >= 1, got {num_classes}")
+    return _REGISTRY[name][0](num_classes, pooling)
+
+
+def _resnet(block: type, layers: list[int], **kw: object) -> Constructor:
+    def build(num_classes: int, pooling: str) -> nn.Module:
+        return ResNet(block, layers, num_classes=num_classes, pooling=pooling, **kw)  # type: ignore[arg-type]
+
+    return build
+
+
+def _avg_only(name: str, build: Callable[[int], nn.Module]) -> Constructor:
+    def constructor(num_classes: int, pooling: str) -> nn.Module:
+        if pooling != "avg":
+            raise GridcamError(
+                f"{name} supports only global average pooling; --maxpool (GMP) is for ResNets")
+        return build(num_classes)
+
+    return constructor
+
+
+for _name, _block, _layers in [
+    ("resnet18", BasicBlock, [2, 2, 2, 2]),
+    ("resnet34", BasicBlock, [3, 4, 6, 3]),
+    ("resnet50", Bottleneck, [3, 4, 6, 3]),
+    ("resnet101", Bottleneck, [3, 4, 23, 3]),
+    ("resnet152", Bottleneck, [3, 8, 36, 3]),
+]:
+    register(_name, f"ResNet ({_block.__name__} {_layers}), torchvision keys, CAM layer layer4")(
+        _resnet(_block, _layers))
+
+register("tiny_resnet", "ResNet BasicBlock [1,1,1,1], widths 16/32/64/128: CPU tests and demos")(
+    _resnet(BasicBlock, [1, 1, 1, 1], widths=(16, 32, 64, 128)))
+register("alexnet", "AlexNet, torchvision keys, CAM layer features (6x6 at 224 px)")(
+    _avg_only("alexnet", lambda n: AlexNet(num_classes=n)))
+for _cfg in VGG_CFGS:
+    for _bn in (False, True):
+        _n = _cfg + ("_bn" if _bn else "")
+        register(_n, f"VGG {_cfg[3:]}{' with batch norm' if _bn else ''}, torchvision keys, "
+                     "CAM layer features")(
+            _avg_only(_n, lambda n, c=_cfg, b=_bn: VGG(VGG_CFGS[c], batch_norm=b, num_classes=n)))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
+
+
+def cam_layer(model: nn.Module) -> nn.Module:
+    """The module whose output Grad-CAM uses: ResNet ``layer4``; AlexNet/VGG ``features``.
+
+    Works for torchvision's own models too (same attribute names) and through DDP wrappers.
+    """
+    m = unwrap(model)
+    for attr in ("layer4", "features"):
+        if isinstance(getattr(m, attr, None), nn.Module):
+            return getattr(m, attr)
+    raise GridcamError(
+        f"cannot find the CAM layer of {type(m).__name__}: expected a 'layer4' (ResNet) or "
+        "'features' (AlexNet/VGG) sub-module; pass the layer explicitly")
+
+
+def classifier_prefix(model: nn.Module) -> str:
+    """State-dict prefix of the final linear layer (``fc`` or ``classifier.6``), for transfer."""
+    last = None
+    for name, module in unwrap(model).named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise GridcamError(f"{type(model).__name__} has no linear classifier")
+    return last
+
+
+def shapes_on_meta(name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a registered architecture's state dict, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = create(name, num_classes=num_classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
