@@ -49,7 +49,11 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     im.add_argument("--image-size", type=int, default=128)
     im.add_argument("--spurious", type=float, default=0.0,
                     help="probability that the background carries a cue correlated with the class")
+    im.add_argument("--val-spurious", type=float, default=None,
+                    help="the same for val images (default: --spurious; 0 = a val set without the cue)")
     im.add_argument("--seed", type=int, default=0)
+    im.add_argument("--workers", type=int, default=None,
+                    help="generator processes (default: 1 below 2000 images, else up to 8)")
     im.set_defaults(func=_lazy("gridcam.data.synthetic:cli_imagenet"))
     co = kinds.add_parser("coco", help="COCO layout: train2014/, val2014/, annotations/instances_*.json")
     co.add_argument("out")
@@ -57,8 +61,13 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     co.add_argument("--images-val", type=int, default=50)
     co.add_argument("--categories", type=int, default=8)
     co.add_argument("--image-size", type=int, default=128)
-    co.add_argument("--spurious", type=float, default=0.0)
+    co.add_argument("--spurious", type=float, default=0.0,
+                    help="probability that the background carries a cue correlated with a category present")
+    co.add_argument("--val-spurious", type=float, default=None,
+                    help="the same for val images (default: --spurious)")
     co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--workers", type=int, default=None,
+                    help="generator processes (default: 1 below 2000 images, else up to 8)")
     co.set_defaults(func=_lazy("gridcam.data.synthetic:cli_coco"))
 
 
@@ -68,7 +77,11 @@ def _add_coco_negatives(sub: argparse._SubParsersAction) -> None:
                        help="write, per category, the images that do not contain it (JSON)")
     p.add_argument("data", help="COCO root (with annotations/instances_<split>2014.json)")
     p.add_argument("--split", choices=["train", "val"], default="train")
-    p.add_argument("--output", default=None, help="default: DATA/annotations/negatives_<split>2014.json")
+    p.add_argument("--year", default="2014", help="annotation year: instances_<split><year>.json")
+    p.add_argument("--annotations", default=None,
+                   help="the instances JSON to read (default: DATA/annotations/instances_<split><year>.json)")
+    p.add_argument("--output", default=None,
+                   help="default: negatives_<split><year>.json beside the annotation file")
     p.set_defaults(func=_lazy("gridcam.data.negatives:cli"))
 
 
@@ -84,33 +97,52 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
-    p.add_argument("-a", "--arch", default="resnet18")
-    p.add_argument("-b", "--batch-size", type=int, default=256, help="global batch over all ranks")
-    p.add_argument("-j", "--workers", type=int, default=4)
+    p.add_argument("-a", "--arch", default="resnet18", help="architecture (see `gridcam models`)")
+    p.add_argument("-b", "--batch-size", type=int, default=256,
+                   help="GLOBAL batch over all ranks (per rank: batch / world size)")
+    p.add_argument("-j", "--workers", type=int, default=4, help="data-loading processes per rank")
     p.add_argument("--epochs", type=int, default=36 if coco else 90)
     p.add_argument("--lr", type=float, default=0.01 if coco else 0.1)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=1e-4)
     p.add_argument("--lambda", dest="lam", type=float, default=1.0 if coco else 25.0,
-                   help="weight of the Grad-CAM consistency loss; 0 = baseline")
+                   help="weight of the Grad-CAM consistency loss; 0 = baseline (no composites)")
     p.add_argument("--maxpool", action="store_true", help="global max pooling (GMP) instead of average")
-    p.add_argument("--resume", default=None, help="checkpoint to continue from (exactly)")
+    p.add_argument("--resume", default=None,
+                   help="checkpoint to continue from exactly (model, optimizer, schedule, RNG); "
+                        "'auto' = the furthest one in --save-dir, if any")
     p.add_argument("--save-dir", "--save_dir", dest="save_dir", default="runs/train")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("-e", "--evaluate", action="store_true", help="only validate the model")
+    p.add_argument("--seed", type=int, default=None,
+                   help="run seed (default: drawn once and stored in the checkpoints)")
+    p.add_argument("-e", "--evaluate", action="store_true",
+                   help="only validate the model (weights from --resume, --pretrained or --init)")
     p.add_argument("--pretrained", default=None, help="weights file to start from (same classes)")
     p.add_argument("--init", default=None,
                    help="start from a checkpoint with its classifier dropped (ImageNet -> COCO)")
     p.add_argument("--negatives", choices=["batch", "dataset"], default="batch",
-                   help="batch: composites from the current batch; dataset: the paper's loader sampling")
+                   help="batch: composites from the current batch (no extra decoding); "
+                        "dataset: the paper's loader-side sampling (3 extra images per sample)")
     p.add_argument("--detach-target", action="store_true",
                    help="stop gradients through the target heatmap of the original image")
     p.add_argument("--gradcam-variant", choices=["elementwise", "classic"], default="elementwise")
     p.add_argument("--amp", action="store_true", help="autocast (bf16 where supported, else fp16) on CUDA")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--schedule", choices=["step", "cosine"], default="step")
-    p.add_argument("--print-freq", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--schedule", choices=["step", "cosine"], default="step",
+                   help="step: lr x0.1 at --lr-steps; cosine: cosine annealing over --epochs")
+    p.add_argument("--lr-steps", default=None,
+                   help="comma-separated epochs where the step schedule divides lr by 10 "
+                        f"(default: {'24,30' if coco else 'every 30 epochs'}, the paper's)")
+    p.add_argument("--print-freq", type=int, default=10, help="refresh the progress numbers every N steps")
+    p.add_argument("--image-size", type=int, default=224, help="training crop (composites are twice it)")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="BatchNorm uses its running statistics and does not update them (fine-tuning "
+                        "with small per-GPU batches)")
+    if coco:
+        p.add_argument("--train-split", default="train2014", help="image folder / annotation split")
+        p.add_argument("--val-split", default="val2014", help="image folder / annotation split")
+        p.add_argument("--coco-negatives", default=None,
+                       help="negatives index for --negatives dataset (default: "
+                            "DATA/annotations/negatives_<train-split>.json if present, else built in memory)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
 
@@ -126,23 +158,34 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", "--resume", dest="checkpoint", default=None)
-    p.add_argument("-a", "--arch", default="resnet18")
-    p.add_argument("--maxpool", action="store_true")
-    p.add_argument("--input-resize", "--input_resize", dest="input_resize", type=int, default=224)
-    p.add_argument("--methods", default="gradcam")
+    p.add_argument("--checkpoint", "--resume", dest="checkpoint", default=None,
+                   help="weights to evaluate (ours, the paper's, torchvision's); classes are read from it")
+    p.add_argument("-a", "--arch", default=None,
+                   help="architecture (default: recorded in the checkpoint, else guessed from its keys)")
+    p.add_argument("--maxpool", action="store_true", help="the model uses global max pooling (GMP)")
+    p.add_argument("--input-resize", "--input_resize", dest="input_resize", type=int, default=224,
+                   help="shorter side of the network input, no crop (the paper: 448)")
+    p.add_argument("--methods", default="gradcam",
+                   help="comma-separated explanation methods: gradcam, gradient, input_x_gradient, smoothgrad")
     p.add_argument("--gradcam-variant", choices=["elementwise", "classic"], default="elementwise")
-    p.add_argument("--metrics", default="pg,spg,ch")
-    p.add_argument("--tolerance", type=float, default=15.0)
-    p.add_argument("--spg-samples", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-j", "--workers", type=int, default=4)
-    p.add_argument("-b", "--batch-size", type=int, default=16)
+    p.add_argument("--metrics", default="pg,spg,ch",
+                   help="comma-separated: pg (pointing game), spg (stochastic PG), ch (content heatmap)")
+    p.add_argument("--tolerance", type=float, default=15.0, help="pointing-game tolerance in pixels")
+    p.add_argument("--spg-samples", type=int, default=100, help="draws per heatmap for the stochastic PG")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stochastic PG draws")
+    p.add_argument("-j", "--workers", type=int, default=4, help="data-loading worker processes")
+    p.add_argument("-b", "--batch-size", type=int, default=16,
+                   help="images per forward (images of equal size are batched together)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--classes", default=None, help="file listing the class wnids, one per line")
+    p.add_argument("--classes", default=None,
+                   help="ImageNet: file listing the class wnids in model order, one per line "
+                        "(default: sorted folders of ROOT/train)")
+    p.add_argument("--split", default="val2014", help="COCO: image folder / annotation split")
     p.add_argument("--output", default="results.json")
-    p.add_argument("--per-image", default=None, help="JSON-lines file of per-image results (resumable)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--per-image", default=None,
+                   help="JSON-lines file of per-image results; an existing one is resumed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
 
 # ----------------------------------------------------------------------------------------- demo

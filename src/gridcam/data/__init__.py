@@ -1,0 +1,31 @@
+"""Data: transforms, dataset readers (ImageNet folders/val XML/CSV, COCO), negatives, synthetic data.
+
+>>> from gridcam import data
+>>> train = data.ImageFolder("ROOT/train", data.transforms.train_transform(224))
+>>> val = data.ImageNetValLoc("ROOT", classes=None, transform=data.transforms.eval_transform(448))
+>>> loader = torch.utils.data.DataLoader(train, batch_size=256, collate_fn=data.collate_skip)
+
+Unreadable inputs never raise inside a worker: the item is ``None`` (a warning names the file) and
+the collate functions drop it and return how many they dropped.
+"""
+
+from __future__ import annotations
+
+from . import synthetic, transforms
+from .coco import CocoDataset, CocoLoc, load_coco
+from .collate import LocBatch, collate_loc, collate_skip
+from .folders import IMG_EXTENSIONS, ImageFolder
+from .gridding import GridDataset, collate_grid
+from .imagenet import ImageNetVal, ImageNetValLoc, boxes_mask, imagenet_val, load_class_list
+from .io import BadImage, DataWarning, image_size, load_image, load_transformed
+from .negatives import build_coco_negatives, load_negatives, save_negatives
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "transforms", "synthetic", "IMAGENET_MEAN", "IMAGENET_STD",
+    "load_image", "load_transformed", "image_size", "BadImage", "DataWarning",
+    "ImageFolder", "IMG_EXTENSIONS", "CocoDataset", "CocoLoc", "load_coco",
+    "ImageNetValLoc", "ImageNetVal", "imagenet_val", "load_class_list", "boxes_mask",
+    "collate_skip", "collate_loc", "LocBatch", "GridDataset", "collate_grid",
+    "build_coco_negatives", "save_negatives", "load_negatives",
+]

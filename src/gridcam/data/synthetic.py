@@ -1,0 +1,628 @@
+"""Synthetic datasets in the real ImageNet and COCO file formats: the project's embedded data.
+
+No ImageNet or COCO exists on the machines this project is developed on, so tests, the demo and
+the benchmarks run on data made here — real JPEGs, real PASCAL-VOC/ImageNet XML, Kaggle's
+``LOC_val_solution.csv``, real COCO instances JSON (read back by pycocotools) — designed so that the
+task is *about localisation*:
+
+- **Class = the object's own appearance.** Class ``k`` is a textured shape: one of 10 outlines
+  (circle, square, triangle, diamond, pentagon, hexagon, star, cross, ring, crescent) filled with
+  one of 10 two-colour patterns (stripes, checks, dots, rings, grid, chevrons, waves, spokes,
+  cross-hatch, sawtooth); classes 0-9 differ in both, the next 90 in the combination, and beyond
+  100 the pattern frequency and angle vary too (up to 1200 classes). The two colours are random per
+  image, so colour carries no class information.
+- **Random position and scale** (ImageNet: 25-60% of the shorter side; COCO: 18-40%, 1-4 objects)
+  with a small rotation and aspect jitter; ImageNet images are 1:1, 4:3 or 3:4.
+- **Cluttered background**: a smooth random colour field, random solid blobs, bars, lines and
+  noise patches, pixel noise — nothing correlated with the class.
+- **Spurious cue** (``spurious`` = probability per image): a square patch in the class's own hue
+  (see :func:`cue_color`) in a random corner, away from the object. A model can learn to "cheat"
+  from it; its explanations then point at the corner, not the object, which the pointing game sees.
+
+Determinism: every image draws from its own ``numpy`` generator seeded by ``(seed, split, index)``,
+so output does not depend on the number of worker processes or the order of generation. Images are
+written as they are made and the COCO JSON is streamed, so memory stays constant for any size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from gridcam.errors import GridcamError
+
+SHAPES = ["circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross",
+          "ring", "crescent"]
+TEXTURES = ["striped", "checkered", "dotted", "ringed", "gridded", "chevron", "wavy", "spoked",
+            "crosshatched", "sawtooth"]
+# (cycles per object radius, pattern angle in degrees); the frequency changes first so that classes
+# up to 300 never differ only by the angle of a rotation-symmetric pattern.
+VARIANTS = [(f, a) for a in (0, 45, 90, 135) for f in (2.0, 1.25, 3.25)]
+MAX_CLASSES = len(SHAPES) * len(TEXTURES) * len(VARIANTS)
+# per-image seeds are (seed, split code, index)
+_SPLIT_CODES = {"train": 1, "val": 2, "train2014": 1, "val2014": 2}
+MARKER = "gridcam_synth.json"
+
+
+# ----------------------------------------------------------------------------- class identity
+def wnid(k: int) -> str:
+    """Deterministic ImageNet-like wnid of class ``k``; sorted order == class order."""
+    return f"n{1000000 + 9973 * k:08d}"
+
+
+def appearance(k: int) -> tuple[int, int, float, float]:
+    """``(shape index, texture index, frequency, angle)`` that defines class ``k``."""
+    if not 0 <= k < MAX_CLASSES:
+        raise GridcamError(f"synthetic data supports 1..{MAX_CLASSES} classes, got class {k}")
+    block, r = divmod(k, len(SHAPES) * len(TEXTURES))
+    d, s = divmod(r, len(SHAPES))
+    f, a = VARIANTS[block]
+    return s, (s + d) % len(TEXTURES), f, a
+
+
+def class_name(k: int) -> str:
+    s, t, f, a = appearance(k)
+    name = f"{TEXTURES[t]} {SHAPES[s]}"
+    return name if k < len(SHAPES) * len(TEXTURES) else f"{name} (f{f:g} a{a:g})"
+
+
+def cue_color(k: int) -> tuple[int, int, int]:
+    """The class's spurious-cue colour: hues spread by the golden ratio, full saturation."""
+    r, g, b = colorsys.hsv_to_rgb((k * 0.6180339887) % 1.0, 1.0, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def coco_category_id(k: int) -> int:
+    """Category id of synthetic category ``k``: 1, 2, 3, 5, 6, 7, 9, ... (gaps as in COCO)."""
+    return 1 + k + k // 3
+
+
+# ------------------------------------------------------------------------------------ drawing
+def _unit_polygon(shape: int) -> np.ndarray:
+    """Outline of ``shape`` as (N,2) vertices in a unit frame (radius ~1, y down)."""
+    def ngon(n, r=1.0, start=-90.0):
+        t = np.deg2rad(start + 360.0 * np.arange(n) / n)
+        return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+
+    name = SHAPES[shape]
+    if name == "circle":
+        return ngon(40)
+    if name == "square":
+        return np.array([[-.85, -.85], [.85, -.85], [.85, .85], [-.85, .85]])
+    if name == "triangle":
+        return ngon(3)
+    if name == "diamond":
+        return np.array([[0, -1.0], [.62, 0], [0, 1.0], [-.62, 0]])
+    if name == "pentagon":
+        return ngon(5)
+    if name == "hexagon":
+        return ngon(6, start=0.0)
+    if name == "star":
+        outer, inner = ngon(5), ngon(5, 0.42, -54.0)
+        return np.stack([outer, inner], 1).reshape(-1, 2)
+    if name == "cross":
+        a, b = 0.32, 1.0
+        return np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b],
+                         [-a, a], [-b, a], [-b, -a], [-a, -a]])
+    if name == "ring":  # an annulus with a gap (a "C"), so one polygon describes it exactly
+        t = np.deg2rad(np.linspace(30, 330, 34))
+        outer = np.stack([np.cos(t), np.sin(t)], 1)
+        inner = 0.55 * outer[::-1]
+        return np.concatenate([outer, inner])
+    # crescent: the right part of the unit circle minus a circle centred at (-0.6, 0)
+    t = np.deg2rad(np.linspace(-120, 120, 30))
+    outer = np.stack([np.cos(t), np.sin(t)], 1)
+    rb = math.hypot(0.1, math.sin(math.radians(120)))
+    tb = np.linspace(math.atan2(0.866, 0.1), math.atan2(-0.866, 0.1), 24)
+    inner = np.stack([-0.6 + rb * np.cos(tb), rb * np.sin(tb)], 1)
+    return np.concatenate([outer, inner])
+
+
+_POLYS = [_unit_polygon(s) for s in range(len(SHAPES))]
+
+
+def _pattern(texture: int, u: np.ndarray, v: np.ndarray, f: float) -> np.ndarray:
+    """Binary pattern (bool, same shape as ``u``) in object units (radius 1), ``f`` cycles/unit."""
+    fu, fv = f * u, f * v
+    frac = np.mod
+    name = TEXTURES[texture]
+    if name == "striped":
+        return frac(fu, 1.0) < 0.5
+    if name == "checkered":
+        return (np.floor(fu) + np.floor(fv)) % 2 == 0
+    if name == "dotted":
+        return (frac(fu, 1.0) - .5) ** 2 + (frac(fv, 1.0) - .5) ** 2 < 0.1
+    if name == "ringed":
+        return frac(f * np.hypot(u, v), 1.0) < 0.5
+    if name == "gridded":
+        return (frac(fu, 1.0) < 0.28) | (frac(fv, 1.0) < 0.28)
+    if name == "chevron":
+        return frac(fv + np.abs(fu) * 0.8, 1.0) < 0.5
+    if name == "wavy":
+        return frac(fv + 0.35 * np.sin(np.pi * fu), 1.0) < 0.5
+    if name == "spoked":
+        return frac(np.arctan2(v, u) * (6 / (2 * np.pi)), 1.0) < 0.5
+    if name == "crosshatched":
+        s = f / math.sqrt(2)
+        return (frac(s * (u + v), 1.0) < 0.25) | (frac(s * (u - v), 1.0) < 0.25)
+    return frac(fu, 1.0) < frac(fv, 1.0)  # sawtooth
+
+
+def _two_colors(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two random colours with enough contrast that the pattern is visible."""
+    c1 = rng.integers(0, 256, 3)
+    c2 = 255 - c1 + rng.integers(-40, 41, 3)
+    c2 = np.clip(c2, 0, 255)
+    if np.abs(c1 - c2).mean() < 90:
+        c2 = np.where(c1 > 127, 0, 255) + rng.integers(-30, 31, 3) * np.where(c1 > 127, 1, -1)
+        c2 = np.clip(c2, 0, 255)
+    return c1.astype(np.uint8), c2.astype(np.uint8)
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A cluttered, class-free background: colour field + blobs/bars/lines/noise patches + noise."""
+    field = Image.fromarray(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8), "RGB")
+    img = field.resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    side = min(width, height)
+    for _ in range(int(rng.integers(6, 14))):
+        kind = int(rng.integers(0, 4))
+        col = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        w = int(rng.integers(side // 12 + 1, side // 3 + 2))
+        h = int(rng.integers(side // 12 + 1, side // 3 + 2))
+        if kind == 0:
+            draw.ellipse([x0, y0, x0 + w, y0 + h], fill=col)
+        elif kind == 1:
+            draw.rectangle([x0, y0, x0 + w, y0 + h // 3 + 1], fill=col)
+        elif kind == 2:
+            x1, y1 = int(rng.integers(0, width)), int(rng.integers(0, height))
+            draw.line([x0, y0, x1, y1], fill=col, width=int(rng.integers(1, max(2, side // 40) + 1)))
+        else:  # a patch of random noise: "textured" does not by itself mean "object"
+            x1, y1 = min(x0 + w // 2 + 1, width), min(y0 + h // 2 + 1, height)
+            if x1 > x0 and y1 > y0:
+                noise = rng.integers(0, 256, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
+                img.paste(Image.fromarray(noise, "RGB"), (x0, y0))
+    arr = np.asarray(img, dtype=np.int16) + rng.integers(-10, 11, (height, width, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def _cue_box(rng: np.random.Generator, width: int, height: int) -> tuple[int, int, int, int]:
+    """A corner square (x0, y0, x1, y1) exclusive for the spurious cue."""
+    s = max(4, round(0.16 * min(width, height)))
+    m = max(1, round(0.03 * min(width, height)))
+    corner = int(rng.integers(0, 4))
+    x0 = m if corner in (0, 2) else width - m - s
+    y0 = m if corner in (0, 1) else height - m - s
+    return x0, y0, x0 + s, y0 + s
+
+
+def _overlaps(a, b, margin: int = 1) -> bool:
+    return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1]
+                or b[3] + margin <= a[1])
+
+
+def _place(rng, width, height, radius, occupied, tries: int = 30):
+    """Centre for an object of ``radius`` px fully inside the image, away from ``occupied`` boxes."""
+    ext = radius * 1.2  # rotation + aspect jitter stay within this
+    lo_x, hi_x, lo_y, hi_y = ext, width - ext, ext, height - ext
+    if hi_x < lo_x or hi_y < lo_y:
+        return None
+    for _ in range(tries):
+        cx, cy = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
+        box = (cx - ext, cy - ext, cx + ext, cy + ext)
+        if not any(_overlaps(box, o) for o in occupied):
+            return cx, cy, box
+    return None
+
+
+def _draw_object(arr: np.ndarray, rng: np.random.Generator, k: int, cx: float, cy: float,
+                 radius: float) -> tuple[np.ndarray, tuple[int, int, int, int], np.ndarray]:
+    """Paint class ``k``'s textured shape into ``arr`` (H,W,3 uint8) in place.
+
+    Returns the outline (N,2) in image coordinates, the tight pixel box ``(x0, y0, x1, y1)``
+    (0-based inclusive) of the painted pixels, and their (y1-y0+1, x1-x0+1) bool mask.
+    """
+    height, width = arr.shape[:2]
+    shape, texture, freq, angle = appearance(k)
+    rot = math.radians(rng.uniform(-15, 15))
+    asp = rng.uniform(0.85, 1.15)
+    poly = _POLYS[shape] * np.array([asp, 1.0 / asp])
+    c, s = math.cos(rot), math.sin(rot)
+    poly = poly @ np.array([[c, s], [-s, c]]) * radius + np.array([cx, cy])
+    poly[:, 0] = poly[:, 0].clip(0, width)
+    poly[:, 1] = poly[:, 1].clip(0, height)
+    x0, y0 = int(math.floor(poly[:, 0].min())), int(math.floor(poly[:, 1].min()))
+    x1, y1 = min(int(math.ceil(poly[:, 0].max())), width), min(int(math.ceil(poly[:, 1].max())), height)
+    region = Image.new("L", (x1 - x0, y1 - y0), 0)
+    ImageDraw.Draw(region).polygon([(float(x) - x0, float(y) - y0) for x, y in poly], fill=1)
+    mask = np.asarray(region, dtype=bool)
+    # pattern coordinates: pixel centres in the object's own (rotated) frame, radius 1
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    dx, dy = (xs + 0.5 - cx) / radius, (ys + 0.5 - cy) / radius
+    t = rot + math.radians(angle)
+    ct, st = math.cos(t), math.sin(t)
+    u, v = ct * dx + st * dy, -st * dx + ct * dy
+    pat = _pattern(texture, u, v, freq)
+    c1, c2 = _two_colors(rng)
+    sub = arr[y0:y1, x0:x1]
+    sub[mask & pat] = c1
+    sub[mask & ~pat] = c2
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return poly, (x0, y0, x0, y0), mask[:0, :0]
+    bx0, bx1, by0, by1 = x0 + cols[0], x0 + cols[-1], y0 + rows[0], y0 + rows[-1]
+    return poly, (int(bx0), int(by0), int(bx1), int(by1)), mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _SPLIT_CODES[split], index])
+
+
+# ------------------------------------------------------------------------- one image, ImageNet
+def render_imagenet_image(seed: int, split: str, index: int, k: int, image_size: int,
+                          spurious: float):
+    """One ImageNet-style image of class ``k``: ``(PIL image, boxes)`` with boxes as VOC
+    ``(xmin, ymin, xmax, ymax)`` 1-based inclusive, tight around the painted object pixels."""
+    rng = _image_rng(seed, split, index)
+    aspect = [(1, 1), (4, 3), (3, 4)][int(rng.integers(0, 3))]
+    if aspect[0] >= aspect[1]:
+        height, width = image_size, round(image_size * aspect[0] / aspect[1])
+    else:
+        width, height = image_size, round(image_size * aspect[1] / aspect[0])
+    img = _background(rng, width, height)
+    occupied = []
+    if rng.random() < spurious:
+        cue = _cue_box(rng, width, height)
+        ImageDraw.Draw(img).rectangle([cue[0], cue[1], cue[2] - 1, cue[3] - 1], fill=cue_color(k))
+        occupied.append(cue)
+    arr = np.array(img)
+    side = min(width, height)
+    boxes = []
+    n_obj = 2 if rng.random() < 0.15 else 1  # sometimes a second, smaller instance (as in ImageNet)
+    for j in range(n_obj):
+        frac = rng.uniform(0.25, 0.6) if j == 0 else rng.uniform(0.18, 0.3)
+        placed = _place(rng, width, height, frac * side / 2, occupied)
+        if placed is None:
+            if j == 0:  # a cue that leaves no room: draw the object anyway, centred
+                placed = (width / 2, height / 2, (0, 0, width, height))
+            else:
+                break
+        cx, cy, box = placed
+        _, (x0, y0, x1, y1), _ = _draw_object(arr, rng, k, cx, cy, frac * side / 2)
+        occupied.append(box)
+        boxes.append((x0 + 1, y0 + 1, x1 + 1, y1 + 1))
+    return Image.fromarray(arr, "RGB"), boxes
+
+
+def _imagenet_task(task):
+    seed, split, index, k, image_size, spurious, path = task
+    img, boxes = render_imagenet_image(seed, split, index, k, image_size, spurious)
+    img.save(path, "JPEG", quality=90)
+    return img.height, img.width, boxes
+
+
+def voc_xml(filename: str, height: int, width: int, objects: list[tuple[str, tuple[int, int, int, int]]],
+            folder: str = "val") -> str:
+    """An annotation in ImageNet's val XML format (tab-indented, as the ILSVRC2012 files)."""
+    lines = ["<annotation>", f"\t<folder>{folder}</folder>", f"\t<filename>{filename}</filename>",
+             "\t<source>", "\t\t<database>ILSVRC_2012</database>", "\t</source>", "\t<size>",
+             f"\t\t<width>{width}</width>", f"\t\t<height>{height}</height>", "\t\t<depth>3</depth>",
+             "\t</size>", "\t<segmented>0</segmented>"]
+    for name, (x0, y0, x1, y1) in objects:
+        lines += ["\t<object>", f"\t\t<name>{name}</name>", "\t\t<pose>Unspecified</pose>",
+                  "\t\t<truncated>0</truncated>", "\t\t<difficult>0</difficult>", "\t\t<bndbox>",
+                  f"\t\t\t<xmin>{x0}</xmin>", f"\t\t\t<ymin>{y0}</ymin>", f"\t\t\t<xmax>{x1}</xmax>",
+                  f"\t\t\t<ymax>{y1}</ymax>", "\t\t</bndbox>", "\t</object>"]
+    lines.append("</annotation>")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------- plumbing
+def _pool_map(fn, tasks, workers: int | None, total: int):
+    """Yield ``fn(task)`` in order; in a process pool when there are many tasks."""
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if total >= 2000 else 0
+    if workers <= 1:
+        for t in tasks:
+            yield fn(t)
+        return
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers) as pool:
+        yield from pool.imap(fn, tasks, chunksize=16)
+
+
+def _prepare_out(out: Path, params: dict) -> bool:
+    """True if ``out`` already holds exactly this dataset (then nothing is generated)."""
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("params") == params:
+                return True
+        except (OSError, ValueError):
+            pass
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GridcamError(f"{out}: exists and is not empty (and is not this synthetic dataset); "
+                           f"choose a new folder or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _check_prob(spurious: float, val_spurious: float | None) -> float:
+    for name, p in (("spurious", spurious), ("val_spurious", val_spurious)):
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise GridcamError(f"{name} must be a probability in [0, 1], got {p}")
+    return float(spurious if val_spurious is None else val_spurious)
+
+
+def _check(name: str, value, minimum: int = 0):
+    if not isinstance(value, (int, np.integer)) or value < minimum:
+        raise GridcamError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------ ImageNet
+def make_imagenet(out: str | os.PathLike, classes: int = 10, train_per_class: int = 40,
+                  val_per_class: int = 10, image_size: int = 128, spurious: float = 0.0,
+                  seed: int = 0, workers: int | None = None, val_spurious: float | None = None) -> Path:
+    """Write an ImageNet-layout dataset and return ``Path(out)``.
+
+    Layout: ``out/train/<wnid>/<wnid>_<i>.JPEG``; ``out/val/ILSVRC2012_val_%08d.JPEG`` with an
+    ImageNet XML beside each; ``out/LOC_val_solution.csv`` (Kaggle format) and
+    ``out/LOC_synset_mapping.txt`` ("wnid name" per line, class order); ``out/gridcam_synth.json``.
+    Val images are interleaved over classes (a seeded permutation), 1:1, 4:3 or 3:4 with shorter
+    side ``image_size``. Calling again with the same arguments on the same folder does nothing.
+    ``workers``: processes (default: serial below 2000 images, else up to 8).
+    """
+    _check("classes", classes, 1)
+    _check("train_per_class", train_per_class)
+    _check("val_per_class", val_per_class)
+    _check("image_size", image_size, 16)
+    if classes > MAX_CLASSES:
+        raise GridcamError(f"synthetic data supports at most {MAX_CLASSES} classes, got {classes}")
+    val_spurious = _check_prob(spurious, val_spurious)
+    out = Path(out)
+    params = dict(kind="imagenet", classes=classes, train_per_class=train_per_class,
+                  val_per_class=val_per_class, image_size=image_size, spurious=float(spurious),
+                  val_spurious=val_spurious, seed=int(seed))
+    if _prepare_out(out, params):
+        return out
+    t0 = time.time()
+    wnids = [wnid(k) for k in range(classes)]
+    for w in wnids:
+        (out / "train" / w).mkdir(parents=True, exist_ok=True)
+    (out / "val").mkdir(parents=True, exist_ok=True)
+    with open(out / "LOC_synset_mapping.txt", "w") as f:
+        f.writelines(f"{w} {class_name(k)}\n" for k, w in enumerate(wnids))
+
+    n_train = classes * train_per_class
+    train_tasks = ((seed, "train", i, i // train_per_class, image_size, spurious,
+                    str(out / "train" / wnids[i // train_per_class]
+                        / f"{wnids[i // train_per_class]}_{i % train_per_class}.JPEG"))
+                   for i in range(n_train))
+    for _ in _pool_map(_imagenet_task, train_tasks, workers, n_train):
+        pass
+
+    n_val = classes * val_per_class
+    labels = np.random.default_rng([seed, 7]).permutation(np.repeat(np.arange(classes), val_per_class))
+    names = [f"ILSVRC2012_val_{i + 1:08d}" for i in range(n_val)]
+    val_tasks = ((seed, "val", i, int(labels[i]), image_size, val_spurious, str(out / "val" / f"{names[i]}.JPEG"))
+                 for i in range(n_val))
+    with open(out / "LOC_val_solution.csv", "w", newline="") as csvf:
+        csvf.write("ImageId,PredictionString\n")
+        for i, (h, w, boxes) in enumerate(_pool_map(_imagenet_task, val_tasks, workers, n_val)):
+            name, wn = names[i], wnids[int(labels[i])]
+            (out / "val" / f"{name}.xml").write_text(voc_xml(name, h, w, [(wn, b) for b in boxes]))
+            csvf.write(f"{name}," + " ".join(f"{wn} {x0} {y0} {x1} {y1}" for x0, y0, x1, y1 in boxes) + "\n")
+    _write_marker(out, params, [class_name(k) for k in range(classes)], time.time() - t0)
+    return out
+
+
+def _write_marker(out: Path, params: dict, names: list[str], seconds: float) -> None:
+    from gridcam import __version__
+
+    (out / MARKER).write_text(json.dumps({
+        "params": params, "class_names": names, "generator": f"gridcam {__version__}",
+        "seconds": round(seconds, 2)}, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- COCO
+def _rle_uncompressed(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE (column-major run lengths, starting with a run of zeros)."""
+    flat = mask.flatten(order="F").astype(np.uint8)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0] + counts
+    return {"counts": counts, "size": [int(mask.shape[0]), int(mask.shape[1])]}
+
+
+def render_coco_image(seed: int, split: str, index: int, categories: int, image_size: int,
+                      spurious: float):
+    """One COCO-style image: ``(PIL image, annotations)``; each annotation is a dict with
+    ``category`` (index), ``iscrowd``, and ``polygon`` (flat [x1,y1,...]) or ``rle`` + ``bbox``/``area``."""
+    rng = _image_rng(seed, split, index)
+    landscape = rng.random() < 0.6
+    width, height = (round(image_size * 4 / 3), image_size) if landscape else (image_size, image_size)
+    img = _background(rng, width, height)
+    side = min(width, height)
+    r = rng.random()
+    n_obj = 0 if r < 0.08 else int(rng.integers(1, 5))  # ~8% images without objects, as in COCO
+    cats = rng.integers(0, categories, n_obj)
+    occupied = []
+    if n_obj and rng.random() < spurious:
+        cue = _cue_box(rng, width, height)
+        ImageDraw.Draw(img).rectangle([cue[0], cue[1], cue[2] - 1, cue[3] - 1], fill=cue_color(int(cats[0])))
+        occupied.append(cue)
+    arr = np.array(img)
+    anns = []
+    for j in range(n_obj):
+        radius = rng.uniform(0.18, 0.4) * side / 2
+        placed = _place(rng, width, height, radius, occupied)
+        if placed is None:
+            continue
+        cx, cy, box = placed
+        poly, _, _ = _draw_object(arr, rng, int(cats[j]), cx, cy, radius)
+        occupied.append(box)
+        anns.append({"category": int(cats[j]), "iscrowd": 0,
+                     "polygon": [round(float(v), 2) for v in poly.reshape(-1)]})
+    if n_obj and rng.random() < 0.12:  # a crowd: a cluster of small instances, one RLE annotation
+        k = int(rng.integers(0, categories))
+        mask = np.zeros((height, width), dtype=bool)
+        for _ in range(int(rng.integers(3, 6))):
+            radius = rng.uniform(0.05, 0.08) * side
+            placed = _place(rng, width, height, radius, occupied, tries=10)
+            if placed is None:
+                continue
+            cx, cy, box = placed
+            _, (x0, y0, x1, y1), m = _draw_object(arr, rng, k, cx, cy, radius)
+            occupied.append(box)
+            mask[y0:y1 + 1, x0:x1 + 1] |= m
+        if mask.any():
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            anns.append({"category": k, "iscrowd": 1, "rle": _rle_uncompressed(mask),
+                         "bbox": [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1),
+                                  float(rows[-1] - rows[0] + 1)],
+                         "area": float(mask.sum())})
+    return Image.fromarray(arr, "RGB"), anns
+
+
+def _coco_task(task):
+    from pycocotools import mask as mask_utils
+
+    seed, split, index, categories, image_size, spurious, path = task
+    img, anns = render_coco_image(seed, split, index, categories, image_size, spurious)
+    img.save(path, "JPEG", quality=90)
+    h, w = img.height, img.width
+    for a in anns:  # COCO's area/bbox conventions for polygons: mask area, polygon extent
+        if "polygon" in a:
+            p = np.asarray(a["polygon"]).reshape(-1, 2)
+            a["bbox"] = [round(float(p[:, 0].min()), 2), round(float(p[:, 1].min()), 2),
+                         round(float(np.ptp(p[:, 0])), 2), round(float(np.ptp(p[:, 1])), 2)]
+            rle = mask_utils.frPyObjects([a["polygon"]], h, w)
+            a["area"] = float(mask_utils.area(mask_utils.merge(rle)))
+    return h, w, anns
+
+
+def image_id(split: str, index: int) -> int:
+    """Sparse, increasing COCO image ids (disjoint between train and val), as real COCO ids."""
+    return (500000 if _SPLIT_CODES[split] == 1 else 0) + 3 * index + 1 + (index % 2)
+
+
+def _write_coco_split(out: Path, split: str, n: int, categories: int, image_size: int,
+                      spurious: float, seed: int, workers: int | None) -> None:
+    year_split = f"{split}2014"
+    img_dir = out / year_split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ann_dir = out / "annotations"
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    final = ann_dir / f"instances_{year_split}.json"
+    tmp, tmp_anns = final.with_suffix(".json.part"), final.with_suffix(".anns.part")
+    names = [f"COCO_{year_split}_{image_id(split, i):012d}.jpg" for i in range(n)]
+    tasks = ((seed, split, i, categories, image_size, spurious, str(img_dir / names[i])) for i in range(n))
+    # categories listed in a shuffled order: readers must sort ids, as pycocotools users do
+    order = np.random.default_rng([seed, 11]).permutation(categories)
+    cats = [{"supercategory": SHAPES[appearance(int(k))[0]], "id": coco_category_id(int(k)),
+             "name": class_name(int(k))} for k in order]
+    ann_id = 1000000 * _SPLIT_CODES[split]
+    with open(tmp, "w") as f, open(tmp_anns, "w") as fa:
+        f.write('{"info": ' + json.dumps({
+            "description": "gridcam synthetic COCO-format dataset", "version": "1.0", "year": 2014,
+            "contributor": "gridcam", "date_created": "2014-01-01 00:00:00"}))
+        f.write(', "licenses": [{"url": "https://opensource.org/licenses/MIT", "id": 1, "name": "MIT"}]')
+        f.write(', "categories": ' + json.dumps(cats) + ', "images": [')
+        first_ann = True
+        for i, (h, w, anns) in enumerate(_pool_map(_coco_task, tasks, workers, n)):
+            iid = image_id(split, i)
+            f.write(("" if i == 0 else ", ") + json.dumps({
+                "license": 1, "file_name": names[i], "height": h, "width": w,
+                "date_captured": "2014-01-01 00:00:00", "id": iid}))
+            for a in anns:
+                ann_id += 1
+                seg = [a["polygon"]] if "polygon" in a else a["rle"]
+                fa.write(("" if first_ann else ", ") + json.dumps({
+                    "segmentation": seg, "area": a["area"], "iscrowd": a["iscrowd"],
+                    "image_id": iid, "bbox": a["bbox"],
+                    "category_id": coco_category_id(a["category"]), "id": ann_id}))
+                first_ann = False
+        f.write('], "annotations": [')
+        fa.flush()
+        with open(tmp_anns) as src:
+            shutil.copyfileobj(src, f)
+        f.write("]}\n")
+    tmp_anns.unlink()
+    os.replace(tmp, final)
+
+
+def make_coco(out: str | os.PathLike, images_train: int = 200, images_val: int = 50,
+              categories: int = 8, image_size: int = 128, spurious: float = 0.0, seed: int = 0,
+              workers: int | None = None, val_spurious: float | None = None) -> Path:
+    """Write a COCO-layout dataset and return ``Path(out)``.
+
+    Layout: ``out/train2014/COCO_train2014_%012d.jpg``, ``out/val2014/COCO_val2014_%012d.jpg``,
+    ``out/annotations/instances_{train,val}2014.json`` (COCO instances format: info, licenses,
+    categories with gapped ids 1,2,3,5,6,7,9,... listed out of order, images with width/height,
+    annotations with polygon segmentation, or uncompressed RLE for ``iscrowd=1`` groups, area,
+    bbox ``[x,y,w,h]``); 1-4 objects per image, ~8% of images with none. Images are 4:3 or 1:1
+    with shorter side ``image_size``. Same arguments on the same folder: nothing to do.
+    ``spurious``/``val_spurious``: probability of a corner cue in the colour of the image's first
+    object's category (``val_spurious`` defaults to ``spurious``).
+    """
+    _check("images_train", images_train)
+    _check("images_val", images_val)
+    _check("categories", categories, 1)
+    _check("image_size", image_size, 16)
+    if categories > 90:
+        raise GridcamError(f"synthetic COCO supports at most 90 categories, got {categories}")
+    val_spurious = _check_prob(spurious, val_spurious)
+    out = Path(out)
+    params = dict(kind="coco", images_train=images_train, images_val=images_val,
+                  categories=categories, image_size=image_size, spurious=float(spurious),
+                  val_spurious=val_spurious, seed=int(seed))
+    if _prepare_out(out, params):
+        return out
+    t0 = time.time()
+    _write_coco_split(out, "train", images_train, categories, image_size, spurious, seed, workers)
+    _write_coco_split(out, "val", images_val, categories, image_size, val_spurious, seed, workers)
+    _write_marker(out, params, [class_name(k) for k in range(categories)], time.time() - t0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def cli_imagenet(args: argparse.Namespace) -> int:
+    """``gridcam synth imagenet OUT ...``"""
+    t0 = time.time()
+    out = make_imagenet(args.out, classes=args.classes, train_per_class=args.train_per_class,
+                        val_per_class=args.val_per_class, image_size=args.image_size,
+                        spurious=args.spurious, seed=args.seed, workers=getattr(args, "workers", None),
+                        val_spurious=getattr(args, "val_spurious", None))
+    n = args.classes * (args.train_per_class + args.val_per_class)
+    print(f"wrote {n} images ({args.classes} classes) to {out} in {time.time() - t0:.1f}s: "
+          f"train/<wnid>/*.JPEG, val/*.JPEG + *.xml, LOC_val_solution.csv, LOC_synset_mapping.txt")
+    return 0
+
+
+def cli_coco(args: argparse.Namespace) -> int:
+    """``gridcam synth coco OUT ...``"""
+    t0 = time.time()
+    out = make_coco(args.out, images_train=args.images_train, images_val=args.images_val,
+                    categories=args.categories, image_size=args.image_size, spurious=args.spurious,
+                    seed=args.seed, workers=getattr(args, "workers", None),
+                    val_spurious=getattr(args, "val_spurious", None))
+    print(f"wrote {args.images_train + args.images_val} images ({args.categories} categories) to "
+          f"{out} in {time.time() - t0:.1f}s: train2014/, val2014/, annotations/instances_*2014.json")
+    return 0
+
+
+__all__ = ["make_imagenet", "make_coco", "cli_imagenet", "cli_coco", "wnid", "class_name",
+           "appearance", "cue_color", "coco_category_id", "image_id", "render_imagenet_image",
+           "render_coco_image", "voc_xml", "SHAPES", "TEXTURES", "MAX_CLASSES"]
