@@ -1,0 +1,269 @@
+"""Grad-CAM, differentiable and batched over images and target classes.
+
+For a target class ``c`` the score is ``s = logit_c`` (pre-softmax), ``A`` (B,K,h,w) are the
+activations of the CAM layer and ``g = ds/dA``. Two variants (see DESIGN.md):
+
+* ``"classic"`` (Selvaraju et al.): ``cam = ReLU(sum_k mean_hw(g_k) * A_k)``;
+* ``"elementwise"`` (what the paper trains and evaluates with): ``cam = ReLU(sum_k g_k * A_k)``.
+
+With global average pooling both are equal up to scale; with global max pooling they differ.
+``create_graph=True`` keeps the heatmap in the autograd graph so a loss on it reaches the model's
+parameters (the consistency loss is trained this way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .hooks import capture
+
+__all__ = [
+    "VARIANTS",
+    "NORMALIZATIONS",
+    "target_gradients",
+    "grad_cam",
+    "normalize_cam",
+    "upsample",
+    "explain_gradcam",
+]
+
+VARIANTS = ("elementwise", "classic")
+NORMALIZATIONS = ("paper", None, "max")
+
+# Added to the denominator and to the result by the paper's normalisation; exact value matters
+# for reproducing its loss numbers.
+_PAPER_EPS = 1e-8
+
+
+def _check_targets(logits: Tensor, targets: Tensor) -> Tensor:
+    """Validate ``targets`` against ``logits`` (B,C); return them as long on the logits' device."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (B,C), got shape {tuple(logits.shape)}")
+    targets = torch.as_tensor(targets, device=logits.device)
+    if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"targets must be integer class indices, got dtype {targets.dtype}")
+    targets = targets.long()
+    if targets.dim() not in (1, 2) or targets.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"targets must be (B,) or (B,T) with B={logits.shape[0]}, got shape {tuple(targets.shape)}"
+        )
+    # One host sync; an out-of-range index would otherwise be a device-side assert on CUDA.
+    if targets.numel() and bool(((targets < 0) | (targets >= logits.shape[1])).any()):
+        raise ValueError(
+            f"targets must lie in [0, {logits.shape[1]}), got values in "
+            f"[{int(targets.min())}, {int(targets.max())}]"
+        )
+    return targets
+
+
+def target_gradients(
+    logits: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    create_graph: bool = False,
+    retain_graph: bool | None = None,
+) -> Tensor:
+    """Gradient of each sample's target logit with respect to ``inputs``.
+
+    Args:
+        logits: (B,C) scores, computed from ``inputs`` (which must be in their autograd graph).
+        inputs: (B,...) tensor, e.g. CAM-layer activations (B,K,h,w) or images (B,3,H,W).
+        targets: (B,) long -> result (B,...); (B,T) long -> result (B,T,...). T classes per
+            sample are handled by ONE batched backward (``is_grads_batched=True``, i.e. vmap over
+            the backward pass) so a T-class evaluation costs one forward.
+        create_graph: keep the result differentiable (needed to train through Grad-CAM).
+        retain_graph: keep the graph for a later backward; defaults to ``create_graph``.
+
+    Returns:
+        d logits[b, targets[b(,t)]] / d inputs[b], in ``inputs``' dtype.
+
+    Why a single backward is exact: the one-hot ``grad_outputs`` sums the per-sample scores, and
+    sample b's logits depend only on sample b's inputs when the part of the network between
+    ``inputs`` and the logits works per sample (true for ResNet/VGG/AlexNet heads in any mode,
+    and for the whole network in ``eval()`` mode).
+    """
+    targets = _check_targets(logits, targets)
+    if not inputs.requires_grad:
+        raise ValueError(
+            "the features/inputs are not in the autograd graph of the logits: run the forward with "
+            "gradients enabled (not under torch.no_grad()/inference_mode) and with parameters or "
+            "inputs that require grad"
+        )
+    if retain_graph is None:
+        retain_graph = create_graph
+    B, C = logits.shape
+    if targets.dim() == 1:
+        grad_out = torch.zeros_like(logits)
+        grad_out.scatter_(1, targets[:, None], 1.0)
+        (grads,) = torch.autograd.grad(
+            logits, inputs, grad_out, create_graph=create_graph, retain_graph=retain_graph
+        )
+        return grads
+    T = targets.shape[1]
+    # grad_outputs for the batched backward: (T,B,C), one-hot at targets[b,t] in slice t.
+    grad_out = logits.new_zeros((T, B, C))
+    grad_out.scatter_(2, targets.t()[:, :, None], 1.0)
+    if T == 1:
+        (grads,) = torch.autograd.grad(
+            logits, inputs, grad_out[0], create_graph=create_graph, retain_graph=retain_graph
+        )
+        return grads[:, None]
+    (grads,) = torch.autograd.grad(
+        logits,
+        inputs,
+        grad_out,
+        create_graph=create_graph,
+        retain_graph=retain_graph,
+        is_grads_batched=True,
+    )
+    return grads.transpose(0, 1)  # (T,B,...) -> (B,T,...)
+
+
+def normalize_cam(cam: Tensor, normalize: str | None = "paper") -> Tensor:
+    """Normalise heatmaps over their last two (spatial) dims.
+
+    Args:
+        cam: (...,h,w) non-negative heatmaps.
+        normalize: ``"paper"``: ``cam / (cam.sum(hw) + 1e-8) + 1e-8`` (the paper's rule, used for the
+            consistency loss; a map then sums to ~1 so maps of different sizes are comparable);
+            ``"max"``: ``cam / cam.max(hw)`` (an all-zero map stays zero); ``None``: unchanged.
+    Returns:
+        tensor of the same shape and dtype.
+    """
+    if normalize is None:
+        return cam
+    if normalize == "paper":
+        return cam / (cam.sum(dim=(-2, -1), keepdim=True) + _PAPER_EPS) + _PAPER_EPS
+    if normalize == "max":
+        peak = cam.amax(dim=(-2, -1), keepdim=True)
+        # Division by 1 where the map is all zero keeps it zero instead of NaN.
+        return cam / torch.where(peak > 0, peak, torch.ones_like(peak))
+    raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+
+
+def grad_cam(
+    logits: Tensor,
+    features: Tensor,
+    targets: Tensor,
+    variant: str = "elementwise",
+    create_graph: bool = False,
+    normalize: str | None = "paper",
+    *,
+    retain_graph: bool | None = None,
+) -> Tensor:
+    """Grad-CAM heatmaps for the given target classes.
+
+    Args:
+        logits: (B,C) pre-softmax scores computed from ``features``.
+        features: (B,K,h,w) CAM-layer activations, in the autograd graph of ``logits`` (take them
+            with :func:`gridcam.cam.capture`).
+        targets: (B,) long class per sample -> (B,h,w); (B,T) long -> (B,T,h,w), all T classes of a
+            sample from the one forward that produced ``logits`` (batched backward).
+        variant: ``"elementwise"`` (paper: ``ReLU(sum_k g_k A_k)``) or ``"classic"``
+            (``ReLU(sum_k mean_hw(g_k) A_k)``).
+        create_graph: keep the heatmap differentiable w.r.t. the model's parameters (training),
+            through both the activations and their gradients. If False the result is detached.
+        normalize: ``"paper"`` (default), ``"max"`` or ``None``; see :func:`normalize_cam`.
+        retain_graph: keep the graph after the backward; defaults to ``create_graph``. Set it when
+            the same forward is used for another backward later (e.g. the classification loss).
+
+    Returns:
+        float32 heatmaps, non-negative. The arithmetic is done in float32 even when the features
+        are bf16/fp16 (autocast), because the paper normalisation's 1e-8 underflows in half
+        precision.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    if features.dim() != 4 or features.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"features must be (B,K,h,w) with B={logits.shape[0]}, got shape {tuple(features.shape)}"
+        )
+    grads = target_gradients(
+        logits, features, targets, create_graph=create_graph, retain_graph=retain_graph
+    ).float()
+    # Without create_graph the gradients are constants and the graph is freed, so a heatmap still
+    # tied to the activations would only invite a failing backward later: return it detached.
+    acts = features.float() if create_graph else features.detach().float()
+    if grads.dim() == 5:  # (B,T,K,h,w): broadcast the activations over T
+        acts = acts[:, None]
+    if variant == "classic":
+        grads = grads.mean(dim=(-2, -1), keepdim=True)
+    cam = torch.relu((grads * acts).sum(dim=-3))
+    return normalize_cam(cam, normalize)
+
+
+def upsample(heat: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Bilinearly resize heatmaps (``align_corners=False``), e.g. to the image's pixel size.
+
+    Args:
+        heat: (B,h,w) or (B,T,h,w).
+        size: output (H,W), or an int for a square output.
+    Returns:
+        (B,H,W) or (B,T,H,W), same dtype; differentiable.
+    """
+    if heat.dim() not in (3, 4):
+        raise ValueError(f"heat must be (B,h,w) or (B,T,h,w), got shape {tuple(heat.shape)}")
+    if isinstance(size, int):
+        size = (size, size)
+    size = (int(size[0]), int(size[1]))
+    lead = heat.shape[:-2]
+    flat = heat.reshape(-1, 1, *heat.shape[-2:])
+    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size)
+
+
+def _prepare_images(images: Tensor) -> Tensor:
+    """A fresh leaf copy of ``images`` that requires grad.
+
+    Making the input require grad guarantees the CAM-layer output is in the graph even when the
+    model's parameters are frozen; ``clone`` also turns an inference-mode tensor into a normal one.
+    """
+    return images.detach().clone().requires_grad_(True)
+
+
+def _as_2d_targets(targets: Tensor, images: Tensor) -> Tensor:
+    targets = torch.as_tensor(targets, device=images.device)
+    return targets[:, None] if targets.dim() == 1 else targets
+
+
+def explain_gradcam(
+    model: nn.Module,
+    layer: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    *,
+    variant: str = "elementwise",
+    **_ignored: Any,
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM for evaluation: one forward, one batched backward for all T targets.
+
+    Args:
+        model: the classifier (call ``model.eval()`` first).
+        layer: its CAM layer (``models.cam_layer(model)``).
+        images: (B,3,H,W) normalised images.
+        targets: (B,T) long (a (B,) tensor is treated as T=1).
+        variant: ``"elementwise"`` (paper) or ``"classic"``.
+        **_ignored: options meant for other methods (the evaluator passes one option set).
+
+    Returns:
+        heatmaps (B,T,h,w) float32 at the CAM layer's resolution, non-negative, not normalised,
+        detached; logits (B,C) detached.
+    """
+    targets = _as_2d_targets(targets, images)
+    with torch.inference_mode(False), torch.enable_grad(), capture(layer) as feats:
+        logits = model(_prepare_images(images))
+        if not isinstance(feats.output, torch.Tensor):
+            raise ValueError(
+                f"the CAM layer {type(layer).__name__} produced no tensor during the forward "
+                "(is it a sub-module of the model that is actually called?)"
+            )
+        heat = grad_cam(logits, feats.output, targets, variant=variant, normalize=None)
+    return heat.detach(), logits.detach()
