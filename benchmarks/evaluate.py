@@ -1,0 +1,205 @@
+"""Benchmark: gridcam's one-pass evaluation vs the paper's evaluation loop, same model and data.
+
+The reference is written here the way the paper's TorchRay scripts evaluate: batch size 1, three
+separate passes over the data (pointing game, stochastic pointing game, content heatmap), each
+recomputing Grad-CAM; every hit test builds a distance mesh of the whole image
+(``torch.meshgrid`` of squared row/column offsets, as TorchRay's ``PointingGame.evaluate``), so the
+SPG builds 100 meshes per image; SPG points are drawn by inverse CDF from the normalised heatmap
+(the algorithm of ``np.random.choice(p=...)``) using the same per-image random numbers as gridcam,
+and the Grad-CAM is the unnormalised elementwise map (the paper's ``+1e-8`` floor left out, as in
+gridcam, so all-zero maps are skipped in both).
+
+Ours: ``gridcam.engine.evaluate.evaluate`` — one pass, batches of equal-size images, all metrics
+from one heatmap, hit tests by lookup in a distance transform done in the loader workers.
+
+Data: synthetic ImageNet (``gridcam.data.synthetic.make_imagenet``) val images with shorter side
+``--image-size`` (1:1, 4:3, 3:4), evaluated at ``--input-resize``. Model: ``--arch`` randomly
+initialised (seeded). Both loops must produce the same numbers: the model runs in float64 by
+default so that the batched forward and the batch-1 forwards give bit-identical float32 heatmaps
+(in float32 their rounding differs by ~1e-7, which can move an argmax along a flat ridge).
+
+Prints ONE JSON line. Example::
+
+    python benchmarks/evaluate.py                      # ~1-2 min on 2 CPU cores
+    python benchmarks/evaluate.py --arch resnet18 --input-resize 448 --images 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gridcam import cam, models
+from gridcam.data import synthetic
+from gridcam.data.imagenet import ImageNetValLoc
+from gridcam.data.transforms import eval_transform
+from gridcam.engine.evaluate import evaluate, spg_uniforms
+
+
+def _mesh_hit(mask: torch.Tensor, y: int, x: int, tol: float) -> bool:
+    """TorchRay ``PointingGame.evaluate``: a full-image mesh of squared distances per point."""
+    v, u = torch.meshgrid((torch.arange(mask.shape[0], dtype=torch.float32) - y) ** 2,
+                          (torch.arange(mask.shape[1], dtype=torch.float32) - x) ** 2, indexing="ij")
+    accept = (v + u) < tol ** 2
+    return bool((mask & accept).view(-1).any())
+
+
+def _heatmap(model, layer, item, c: int) -> np.ndarray | None:
+    """Batch-1 forward, elementwise Grad-CAM for class ``c``, resized to the original image and
+    normalised to sum 1 (float64); None when it sums to 0 (skipped)."""
+    p0 = next(model.parameters())
+    x = item["image"][None].to(p0.device, p0.dtype).requires_grad_(True)
+    with torch.enable_grad(), cam.capture(layer) as feats:
+        logits = model(x)
+        heat = cam.grad_cam(logits, feats.output, torch.tensor([c]), normalize=None)
+    big = cam.upsample(heat.detach(), tuple(item["size"]))[0].cpu().numpy().astype(np.float64)
+    total = big.sum()
+    if not total > 0:
+        return None
+    return big / total
+
+
+def reference(model, ds, num_classes: int, seed: int = 0, samples: int = 100, tol: float = 15.0):
+    """The paper's three passes at batch size 1. Returns (results, seconds)."""
+    layer = models.cam_layer(model)
+    loader = lambda: torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0)  # noqa: E731
+    t0 = time.perf_counter()
+    # pass 1: pointing game
+    hits, misses = np.zeros(num_classes), np.zeros(num_classes)
+    skipped = 0
+    for item in loader():
+        for t, c in enumerate(item["classes"].tolist()):
+            p = _heatmap(model, layer, item, c)
+            if p is None:
+                skipped += 1
+                continue
+            y, x = np.unravel_index(p.argmax(), p.shape)
+            if _mesh_hit(item["masks"][t], int(y), int(x), tol):
+                hits[c] += 1
+            else:
+                misses[c] += 1
+    # pass 2: stochastic pointing game
+    spg = []
+    for item in loader():
+        u_all = spg_uniforms(seed, int(item["index"]), len(item["classes"]), samples).numpy()
+        for t, c in enumerate(item["classes"].tolist()):
+            p = _heatmap(model, layer, item, c)
+            if p is None:
+                continue
+            cdf = np.cumsum(p.ravel())
+            cdf /= cdf[-1]
+            draws = cdf.searchsorted(u_all[t], side="right")
+            shape = p.shape
+            spg.append(sum(_mesh_hit(item["masks"][t], *np.unravel_index(k, shape), tol)
+                           for k in draws))
+    # pass 3: content heatmap
+    ch = []
+    for item in loader():
+        for t, c in enumerate(item["classes"].tolist()):
+            p = _heatmap(model, layer, item, c)
+            if p is None:
+                continue
+            ch.append(float((p * item["masks"][t].numpy()).sum()))
+    seconds = time.perf_counter() - t0
+    seen = (hits + misses) > 0
+    return {"pointing_game": float(np.mean(hits[seen] / (hits + misses)[seen]) * 100),
+            # mean over pairs of hits/samples, summed as integers (as gridcam reports it)
+            "stochastic_pointing_game": sum(spg) / (len(spg) * samples) * 100,
+            "content_heatmap": float(np.mean(ch) * 100),
+            "evaluated": len(ch), "skipped": skipped}, seconds
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", default="tiny_resnet")
+    ap.add_argument("--classes", type=int, default=8)
+    ap.add_argument("--images", type=int, default=64, help="val images (a multiple of --classes)")
+    ap.add_argument("--image-size", type=int, default=375,
+                    help="shorter side of the val images (ImageNet's are typically 500x375)")
+    ap.add_argument("--input-resize", type=int, default=224)
+    ap.add_argument("-b", "--batch-size", type=int, default=16)
+    ap.add_argument("-j", "--workers", type=int, default=0 if (os.cpu_count() or 1) <= 2 else 4,
+                    help="our loader workers (default 0 on <= 2 CPUs, else 4); the reference uses 0")
+    ap.add_argument("--device", default="cpu", help="where both loops run the model (cpu, cuda)")
+    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                    help="model dtype (float64: both loops give bit-identical numbers)")
+    ap.add_argument("--data", default=None, help="where to write the synthetic data (default: temp)")
+    args = ap.parse_args(argv)
+
+    if args.device.startswith("cuda"):  # as `gridcam evaluate` does: no TF32 rounding
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    tmp = tempfile.TemporaryDirectory() if args.data is None else None
+    root = Path(args.data or tmp.name) / "imagenet"
+    per_class = max(1, args.images // args.classes)
+    t0 = time.perf_counter()
+    synthetic.make_imagenet(root, classes=args.classes, train_per_class=0, val_per_class=per_class,
+                            image_size=args.image_size, seed=0)
+    gen_s = time.perf_counter() - t0
+    ds = ImageNetValLoc(str(root), None, eval_transform(args.input_resize))
+    torch.manual_seed(0)
+    model = models.create(args.arch, num_classes=args.classes).eval().to(args.device)
+    if args.dtype == "float64":
+        model = model.double()
+
+    # Warm-up of both loops (CUDA context, cuDNN/oneDNN kernel selection, allocator): one-time
+    # costs that a 50,000-image evaluation does not feel.
+    evaluate(model, ds, batch_size=args.batch_size, workers=0, limit=args.batch_size,
+             input_resize=args.input_resize, device=args.device)
+    reference(model, torch.utils.data.Subset(ds, range(2)), args.classes)
+    _sync(args.device)
+    t0 = time.perf_counter()
+    ours = evaluate(model, ds, batch_size=args.batch_size, workers=args.workers,
+                    input_resize=args.input_resize, device=args.device)
+    _sync(args.device)
+    ours_s = time.perf_counter() - t0
+    ref, ref_s = reference(model, ds, args.classes)
+
+    got = ours["metrics"]["gradcam"]
+    same = {k: got[k] == ref[k] for k in ("pointing_game", "stochastic_pointing_game",
+                                           "evaluated", "skipped")}
+    ch_diff = abs(got["content_heatmap"] - ref["content_heatmap"])
+    n = len(ds)
+    out = {
+        "benchmark": "evaluate",
+        "what": "images/s: gridcam one pass (PG+SPG+CH, batched) vs the paper's 3 batch-1 passes "
+                "with a full-image distance mesh per point",
+        "arch": args.arch, "weights": "random init (seed 0)", "dtype": args.dtype,
+        "images": n, "image_shorter_side": args.image_size, "input_resize": args.input_resize,
+        "batch_size": args.batch_size, "workers": args.workers,
+        "ours_images_per_s": round(n / ours_s, 2), "reference_images_per_s": round(n / ref_s, 2),
+        "speedup": round(ref_s / ours_s, 1),
+        "ours_s": round(ours_s, 2), "reference_s": round(ref_s, 2), "data_generation_s": round(gen_s, 1),
+        "pointing_game": got["pointing_game"], "stochastic_pointing_game": got["stochastic_pointing_game"],
+        "content_heatmap": got["content_heatmap"], "content_heatmap_abs_diff": ch_diff,
+        "pairs": got["evaluated"], "skipped": got["skipped"], "same_numbers": all(same.values()),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "python": platform.python_version(),
+    }
+    print(json.dumps(out))
+    if tmp is not None:
+        tmp.cleanup()
+    # Same numbers out: PG/SPG/counts exactly; CH to 1e-6 relative (float64 summation order, and
+    # the last float32 bit of a heatmap value may differ between a batched and a batch-1 forward).
+    assert all(same.values()), (same, got, ref)
+    assert ch_diff <= 1e-6 * abs(ref["content_heatmap"]), (got["content_heatmap"], ref["content_heatmap"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
