@@ -192,7 +192,7 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="end to end on built-in synthetic data: synth, train, evaluate, report")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=12, help="epochs for each of the two models")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_lazy("gridcam.engine.demo:main"))
 

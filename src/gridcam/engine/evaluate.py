@@ -50,6 +50,7 @@ from torch import nn
 
 from gridcam import metrics as M
 from gridcam.engine import distributed as D
+from gridcam.engine.checkpoint import atomic_file
 from gridcam.errors import GridcamError
 
 __all__ = [
@@ -104,17 +105,10 @@ def plan_batches(keys: Sequence[Any], indices: Iterable[int], batch_size: int) -
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temp file + rename (never a half-written file)."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
+    """Write ``obj`` as JSON to ``path`` atomically (never a half-written file)."""
+    with atomic_file(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _parse_list(text: str | Sequence[str], allowed: Iterable[str], what: str) -> list[str]:

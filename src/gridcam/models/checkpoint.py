@@ -19,13 +19,11 @@ from gridcam.models.registry import classifier_prefix, list_models, shapes_on_me
 StateDict = dict[str, torch.Tensor]
 
 
-def read_checkpoint(path: str | Path) -> tuple[StateDict, dict[str, Any]]:
-    """Read a weights file -> (clean state dict, metadata).
+def safe_load(path: str | Path) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with clear errors.
 
-    Accepts a bare state dict (torchvision), ``{'state_dict': ...}`` (the paper's and ours, also
-    ``'model'``). ``module.`` path components (DataParallel/DDP, also mid-key as in the paper's
-    AlexNet ``features.module.0.weight``) are removed. Metadata: every other entry of the top-level
-    dict (``epoch``, ``arch``, ``num_classes`` ...), without the optimizer state.
+    Raises GridcamError when the file is missing, is not a PyTorch file (truncated, another
+    format), or holds pickled Python objects — those are refused and nothing in them runs.
     """
     path = Path(path)
     if not path.is_file():
@@ -44,6 +42,19 @@ def read_checkpoint(path: str | Path) -> tuple[StateDict, dict[str, Any]]:
             "Re-save only the state_dict with torch.save(model.state_dict(), ...).") from None
     except Exception as exc:  # truncated zip, wrong format, I/O error
         raise GridcamError(f"cannot read checkpoint {path}: {exc}") from None
+    return obj
+
+
+def read_checkpoint(path: str | Path) -> tuple[StateDict, dict[str, Any]]:
+    """Read a weights file -> (clean state dict, metadata).
+
+    Accepts a bare state dict (torchvision), ``{'state_dict': ...}`` (the paper's and ours, also
+    ``'model'``). ``module.`` path components (DataParallel/DDP, also mid-key as in the paper's
+    AlexNet ``features.module.0.weight``) are removed. Metadata: every other entry of the top-level
+    dict (``epoch``, ``arch``, ``num_classes`` ...), without the optimizer state.
+    """
+    path = Path(path)
+    obj = safe_load(path)
     if not isinstance(obj, Mapping):
         raise GridcamError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     meta: dict[str, Any] = {}

@@ -37,7 +37,8 @@ def write_report(path: str | Path, title: str, tables: Mapping[str, tuple[Sequen
     for caption, img in dict(images).items():
         rel = os.path.relpath(Path(img), path.parent)
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(rel)}'>")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    from gridcam.engine.checkpoint import atomic_file
+
+    with atomic_file(path, "w") as f:
+        f.write("\n".join(parts))
     return path
