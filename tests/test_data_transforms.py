@@ -198,3 +198,11 @@ def test_random_resized_crop_property_inside_image(w, h, seed):
     torch.manual_seed(seed)
     i, j, ch, cw = T.RandomResizedCrop.get_params(w, h, (0.08, 1.0), (3 / 4, 4 / 3))
     assert 0 < cw <= w and 0 < ch <= h and 0 <= i <= h - ch and 0 <= j <= w - cw
+
+
+def test_eval_transform_never_drafts_but_training_may():
+    from gridcam.data.transforms import eval_transform, first_geometric, train_transform
+
+    assert first_geometric(eval_transform(224)) == (None, None)  # exact pixels for metrics
+    geo, rest = first_geometric(train_transform(224))
+    assert geo is not None and rest is not None

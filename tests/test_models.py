@@ -150,6 +150,18 @@ def test_load_torchvision_style_dict(tmp_path):
         assert torch.equal(v, dst.state_dict()[k])
 
 
+def test_load_pre_0_4_1_file_without_bn_counters(tmp_path):
+    # torchvision's resnet50-19c8e357.pth predates BatchNorm's num_batches_tracked buffers.
+    src = models.create("tiny_resnet", num_classes=5)
+    old = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(old) < len(src.state_dict())
+    torch.save(old, tmp_path / "old.pth")
+    dst = models.create("tiny_resnet", num_classes=5)
+    models.load_checkpoint(dst, tmp_path / "old.pth")
+    assert torch.equal(dst.layer1[0].bn1.running_var, src.layer1[0].bn1.running_var)
+    assert models.guess_arch(old) == "tiny_resnet"
+
+
 def test_load_paper_style_module_prefixes(tmp_path):
     src = models.create("alexnet", num_classes=3)
     # The paper's AlexNet checkpoints wrap only `features` in DataParallel: features.module.0.weight

@@ -87,7 +87,7 @@ def straight(synth, tmp_path_factory) -> Path:
 def test_two_epoch_gc_run_writes_checkpoints_and_log_and_gc_loss_falls(easy, tmp_path):
     summary = train(cfg(easy, tmp_path))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["checkpoint_000.pth.tar", "checkpoint_001.pth.tar", "model_best.pth.tar",
+    assert names == ["checkpoint_001.pth.tar", "checkpoint_002.pth.tar", "model_best.pth.tar",
                      "train_log.jsonl"]
     lines = log_lines(tmp_path)
     assert [r["epoch"] for r in lines] == [1, 2]
@@ -99,7 +99,7 @@ def test_two_epoch_gc_run_writes_checkpoints_and_log_and_gc_loss_falls(easy, tmp
         assert r["val"]["images"] == 8 and 0 <= r["val"]["top1"] <= 100
     assert lines[1]["train"]["gc_loss"] < lines[0]["train"]["gc_loss"]  # the consistency loss falls
 
-    state = torch.load(tmp_path / "checkpoint_001.pth.tar", weights_only=True)
+    state = torch.load(tmp_path / "checkpoint_002.pth.tar", weights_only=True)
     for key in ("epoch", "arch", "state_dict", "best_acc1", "optimizer", "scheduler", "num_classes",
                 "pooling", "rng", "args", "seed", "classes"):
         assert key in state, key
@@ -109,7 +109,7 @@ def test_two_epoch_gc_run_writes_checkpoints_and_log_and_gc_loss_falls(easy, tmp
     assert state["args"]["lam"] == 25.0 and state["seed"] == 0
     best_epoch = max(lines, key=lambda r: (r["val"]["top1"], -r["epoch"]))["epoch"]
     assert same(weights(tmp_path / "model_best.pth.tar"),
-                weights(tmp_path / f"checkpoint_{best_epoch - 1:03d}.pth.tar"))
+                weights(tmp_path / f"checkpoint_{best_epoch:03d}.pth.tar"))
     assert summary["best_acc1"] == max(r["val"]["top1"] for r in lines)
     # the file is a plain weights file for the models API too
     model = models.create("tiny_resnet", num_classes=4)
@@ -131,11 +131,11 @@ def test_baseline_builds_no_composite(easy, tmp_path, monkeypatch):
 
 def test_resume_continues_exactly(synth, straight, tmp_path):
     train(cfg(synth, tmp_path, lr=0.02, epochs=1))
-    assert not (tmp_path / "checkpoint_001.pth.tar").exists()
-    train(cfg(synth, tmp_path, lr=0.02, epochs=2, resume=str(tmp_path / "checkpoint_000.pth.tar"),
+    assert not (tmp_path / "checkpoint_002.pth.tar").exists()
+    train(cfg(synth, tmp_path, lr=0.02, epochs=2, resume=str(tmp_path / "checkpoint_001.pth.tar"),
               seed=None))  # the run's seed comes from the checkpoint
-    a = torch.load(straight / "checkpoint_001.pth.tar", weights_only=True)
-    b = torch.load(tmp_path / "checkpoint_001.pth.tar", weights_only=True)
+    a = torch.load(straight / "checkpoint_002.pth.tar", weights_only=True)
+    b = torch.load(tmp_path / "checkpoint_002.pth.tar", weights_only=True)
     assert same(a["state_dict"], b["state_dict"])
     for k, v in a["optimizer"]["state"].items():
         assert torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
@@ -159,9 +159,9 @@ def test_sigterm_saves_a_resumable_checkpoint_that_continues_exactly(synth, stra
     # the signal came after epoch 2's first step (in the callback): the step in progress after
     # it, the second, is finished, then the run stops
     assert (last["epoch"], last["step"]) == (1, 2)
-    assert not (tmp_path / "checkpoint_001.pth.tar").exists()
+    assert not (tmp_path / "checkpoint_002.pth.tar").exists()
     train(cfg(synth, tmp_path, lr=0.02, resume=str(tmp_path / "last.pth.tar")))
-    assert same(weights(tmp_path / "checkpoint_001.pth.tar"), weights(straight / "checkpoint_001.pth.tar"))
+    assert same(weights(tmp_path / "checkpoint_002.pth.tar"), weights(straight / "checkpoint_002.pth.tar"))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth, straight, tmp_path):
@@ -172,10 +172,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth, straigh
 
     with pytest.raises(NonFiniteLoss, match=r"epoch 2, step 2: loss=nan") as exc:
         train(cfg(synth, tmp_path, lr=0.02, step_callback=poison))
-    assert "checkpoint_000.pth.tar is untouched" in str(exc.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000.pth.tar", "model_best.pth.tar",
+    assert "checkpoint_001.pth.tar is untouched" in str(exc.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_001.pth.tar", "model_best.pth.tar",
                                                           "train_log.jsonl"]
-    assert same(weights(tmp_path / "checkpoint_000.pth.tar"), weights(straight / "checkpoint_000.pth.tar"))
+    assert same(weights(tmp_path / "checkpoint_001.pth.tar"), weights(straight / "checkpoint_001.pth.tar"))
     assert len(log_lines(tmp_path)) == 1
 
 
@@ -204,14 +204,14 @@ def test_corrupt_training_image_is_skipped_and_named(tmp_path, capsys):
 def test_coco_finetune_from_an_imagenet_checkpoint(straight, tmp_path, capsys):
     coco = data.synthetic.make_coco(tmp_path / "coco", images_train=16, images_val=6, categories=3,
                                     image_size=64, seed=0)
-    src = straight / "checkpoint_001.pth.tar"
+    src = straight / "checkpoint_002.pth.tar"
     out = tmp_path / "run"
     args = ["train", "coco", str(coco), "-a", "tiny_resnet", "-b", "4", "-j", "0", "--epochs", "1",
             "--image-size", "64", "--seed", "0", "--save-dir", str(out), "--device", "cpu"]
     assert cli.main(args + ["--pretrained", str(src)]) == 2  # 4 ImageNet classes vs 3 categories
     assert "--init" in capsys.readouterr().err
     assert cli.main(args + ["--init", str(src), "--lr", "1e-12"]) == 0
-    state = torch.load(out / "checkpoint_000.pth.tar", weights_only=True)
+    state = torch.load(out / "checkpoint_001.pth.tar", weights_only=True)
     assert state["num_classes"] == 3 and state["dataset"] == "coco"
     assert state["state_dict"]["fc.weight"].shape == (3, 128)
     imagenet = weights(src)
@@ -251,7 +251,7 @@ def test_two_process_ddp_equals_one_process_over_the_same_global_batch(synth, tm
         env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert cli.main(["train", "imagenet", str(synth), *common, "--save-dir", str(tmp_path / "one")]) == 0
-    a, b = weights(tmp_path / "one" / "checkpoint_000.pth.tar"), weights(tmp_path / "ddp" / "checkpoint_000.pth.tar")
+    a, b = weights(tmp_path / "one" / "checkpoint_001.pth.tar"), weights(tmp_path / "ddp" / "checkpoint_001.pth.tar")
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -277,7 +277,7 @@ def test_ddp_default_recipe_runs_the_double_backward(easy, tmp_path):
     assert line["train"]["samples"] == 64 and line["train"]["gc_samples"] == 64
     assert math.isfinite(line["train"]["loss"]) and line["train"]["gc_loss"] > 0
     assert line["val"]["images"] == 8
-    assert (tmp_path / "checkpoint_000.pth.tar").is_file() and not (tmp_path / "last.pth.tar").exists()
+    assert (tmp_path / "checkpoint_001.pth.tar").is_file() and not (tmp_path / "last.pth.tar").exists()
 
 
 def test_resume_from_a_paper_style_checkpoint_keeps_the_learning_rate_schedule(synth, tmp_path):
@@ -293,5 +293,5 @@ def test_resume_from_a_paper_style_checkpoint_keeps_the_learning_rate_schedule(s
     train(cfg(synth, out, epochs=32, lr=0.1, resume=str(tmp_path / "paper.pth.tar")))
     (line,) = log_lines(out)
     assert line["epoch"] == 32 and line["lr"] == pytest.approx(0.01)
-    assert (out / "checkpoint_031.pth.tar").is_file()
+    assert (out / "checkpoint_032.pth.tar").is_file()
     assert line["best_acc1"] == max(50.0, line["val"]["top1"])

@@ -104,7 +104,8 @@ def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
     p.add_argument("--epochs", type=int, default=36 if coco else 90)
     p.add_argument("--lr", type=float, default=0.01 if coco else 0.1)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=1e-4)
+    p.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=5e-4 if coco else 1e-4,
+                   help="weight decay (paper: 1e-4 ImageNet, 5e-4 COCO)")
     p.add_argument("--lambda", dest="lam", type=float, default=1.0 if coco else 25.0,
                    help="weight of the Grad-CAM consistency loss; 0 = baseline (no composites)")
     p.add_argument("--maxpool", action="store_true", help="global max pooling (GMP) instead of average")

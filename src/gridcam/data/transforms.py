@@ -28,9 +28,9 @@ kept region is at least twice the output size on both axes, libjpeg decodes at 1
 scale (its scaled IDCT, a proper low-pass) keeping the region at least :data:`DRAFT_MARGIN` (1x)
 the output size, and the remaining bilinear resize works from there. Measured on 640x480 JPEGs
 resized to a 224 shorter side: 1.5x faster; pixels differ from the full decode by 1/255 on average
-(99th percentile about 12/255, at hard edges). It applies to evaluation/validation resizes of large
-photos (COCO's 640x480 -> 224) and to large training crops, never to upscaling (ImageNet at
-``--input-resize 448``). Set :data:`USE_DRAFT` to ``False`` (or env ``GRIDCAM_JPEG_DRAFT=0``) for
+(99th percentile about 12/255, at hard edges). It applies to training crops and classification-validation
+resizes of large photos (COCO's 640x480 -> 224), never to upscaling, and never to localisation
+evaluation (:func:`eval_transform` turns it off: metrics are computed on exact pixels). Set :data:`USE_DRAFT` to ``False`` (or env ``GRIDCAM_JPEG_DRAFT=0``) for
 bit-exact torchvision behaviour.
 """
 
@@ -58,10 +58,15 @@ Box = tuple[int, int, int, int]  # (left, top, right, bottom) in pixels of the o
 
 
 class Compose:
-    """Apply ``transforms`` in order (like ``torchvision.transforms.Compose``)."""
+    """Apply ``transforms`` in order (like ``torchvision.transforms.Compose``).
 
-    def __init__(self, transforms: Iterable[Callable]):
+    ``allow_draft=False`` makes loaders decode JPEGs at full resolution (bit-exact pixels), as
+    localisation evaluation wants: a 1/255 difference can move a pointing-game point.
+    """
+
+    def __init__(self, transforms: Iterable[Callable], allow_draft: bool = True):
         self.transforms = list(transforms)
+        self.allow_draft = allow_draft
 
     def __call__(self, img):
         for t in self.transforms:
@@ -285,15 +290,16 @@ def coco_val_transform(size: int = 224) -> Compose:
 
 
 def eval_transform(input_resize: int) -> Compose:
-    """Localisation evaluation: shorter side ``input_resize`` (paper: 448), no crop, normalize."""
-    return Compose([Resize(input_resize), ToTensorNormalize()])
+    """Localisation evaluation: shorter side ``input_resize`` (paper: 448), no crop, normalize.
+    JPEGs are decoded in full (no draft), so pixels equal torchvision's."""
+    return Compose([Resize(input_resize), ToTensorNormalize()], allow_draft=False)
 
 
 def first_geometric(transform: Callable) -> tuple[_Geometric | None, Callable | None]:
     """Split ``transform`` into a leading draft-capable geometric step and the rest (or ``None``s)."""
     if isinstance(transform, _Geometric):
         return transform, None
-    if isinstance(transform, Compose) and transform.transforms and isinstance(
+    if isinstance(transform, Compose) and transform.allow_draft and transform.transforms and isinstance(
             transform.transforms[0], _Geometric):
         rest = transform.transforms[1:]
         return transform.transforms[0], (Compose(rest) if rest else None)

@@ -3,8 +3,8 @@
 A checkpoint is a dict (DESIGN.md, "Recipes") readable with ``torch.load(weights_only=True)``,
 i.e. only tensors and plain containers/numbers/strings, so loading one never runs code:
 
-``epoch``        epochs completed (the paper's convention: ``checkpoint_000.pth.tar`` holds
-                 ``epoch = 1``); for a mid-epoch ``last.pth.tar`` the epoch in progress
+``epoch``        epochs completed (``checkpoint_001.pth.tar`` holds ``epoch = 1``, as the paper's
+                 scripts name them); for a mid-epoch ``last.pth.tar`` the epoch in progress
 ``step``         batches already done in that epoch (0 for end-of-epoch checkpoints)
 ``arch``, ``num_classes``, ``pooling``, ``state_dict`` (no ``module.`` prefix)
 ``best_acc1``    best validation score so far (ImageNet top-1 %, COCO overall F1 %)
@@ -14,8 +14,8 @@ i.e. only tensors and plain containers/numbers/strings, so loading one never run
 ``args``         the training configuration as plain types; ``seed``; ``dataset``; ``classes``
 ``metrics``      the last validation metrics
 
-Files: ``checkpoint_{epoch:03d}.pth.tar`` after each epoch (0-based index, as the paper's
-scripts), ``model_best.pth.tar`` (copy of the best one), ``last.pth.tar`` written when a run is
+Files: ``checkpoint_{epoch:03d}.pth.tar`` after each epoch (numbered by epochs completed, 001
+first, as the paper's scripts), ``model_best.pth.tar`` (copy of the best one), ``last.pth.tar`` written when a run is
 interrupted (SIGTERM/SIGINT) so it can be resumed. Every write goes to a temporary file in the same
 directory, is flushed to disk, then renamed over the target (``os.replace`` is atomic), so a crash
 or a kill never leaves a truncated checkpoint behind.
@@ -56,9 +56,9 @@ BEST_NAME = "model_best.pth.tar"
 LAST_NAME = "last.pth.tar"
 
 
-def checkpoint_name(epoch_index: int) -> str:
-    """File name of the checkpoint written after 0-based epoch ``epoch_index``."""
-    return f"checkpoint_{epoch_index:03d}.pth.tar"
+def checkpoint_name(epoch: int) -> str:
+    """File name of the checkpoint written once ``epoch`` epochs are complete (1 -> 001)."""
+    return f"checkpoint_{epoch:03d}.pth.tar"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -136,7 +136,7 @@ def find_latest(save_dir: str | Path) -> Path | None:
     if numbered:
         latest = max(numbered, key=lambda p: int(p.name[len("checkpoint_"):-len(".pth.tar")]))
         index = int(latest.name[len("checkpoint_"):-len(".pth.tar")])
-        candidates.append(((index + 1, 0), latest))
+        candidates.append(((index, 0), latest))
     last = save_dir / LAST_NAME
     if last.is_file():
         meta = load(last)

@@ -54,7 +54,7 @@ def run(out: str | Path, epochs: int = 12, seed: int = 0, classes: int = 8, trai
     checkpoints: dict[str, Path] = {}
     for name, weight in _variants(lam).items():
         save_dir = out / ("baseline" if weight == 0 else "gc")
-        last = save_dir / checkpoint_name(epochs - 1)  # 0-based, as the paper's files
+        last = save_dir / checkpoint_name(epochs)
         if not last.is_file():
             print(f"[demo] training {name} (lambda={weight:g}) for {epochs} epochs -> {save_dir}")
             resume = "auto" if any(save_dir.glob("checkpoint_*.pth.tar")) else None

@@ -62,6 +62,10 @@ class StepResult:
     quadrants: Tensor | None = None
 
 
+#: Weight of the multi-label BCE term: the paper's ``loss = 80·BCE + λ·GC``.
+BCE_WEIGHT = 80.0
+
+
 def classification_loss(logits: Tensor, targets: Tensor, multi_label: bool) -> Tensor:
     """The paper's classification loss, computed in float32 (also under autocast).
 
@@ -71,13 +75,12 @@ def classification_loss(logits: Tensor, targets: Tensor, multi_label: bool) -> T
         multi_label: choose the loss.
     Returns:
         scalar. Single-label: cross-entropy, mean over the batch. Multi-label:
-        ``C * BCEWithLogits(mean over B*C)`` = the per-image sum over the C classes, averaged over
-        the batch. The paper writes this as ``80 * BCE`` for COCO's 80 categories; using C keeps the
-        same per-image scale for any number of categories (C = 80 on COCO, so it is identical there).
+        ``80 * BCEWithLogits(mean over B*C)``, the paper's COCO loss (DESIGN.md); the constant 80
+        is kept for any number of categories so the CE/GC balance of the recipe (λ = 1) holds.
     """
     logits = logits.float()
     if multi_label:
-        return logits.shape[1] * F.binary_cross_entropy_with_logits(logits, targets.float())
+        return BCE_WEIGHT * F.binary_cross_entropy_with_logits(logits, targets.float())
     return F.cross_entropy(logits, targets)
 
 

@@ -17,6 +17,7 @@ from gridcam.errors import GridcamError
 from gridcam.models.registry import classifier_prefix, list_models, shapes_on_meta, unwrap
 
 StateDict = dict[str, torch.Tensor]
+_BN_COUNTER = ".num_batches_tracked"
 
 
 def safe_load(path: str | Path) -> Any:
@@ -84,9 +85,11 @@ def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int:
 
 def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     """The registered architecture whose keys and (non-classifier) shapes match, or None."""
-    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    # Files saved before PyTorch 0.4.1 (e.g. torchvision's resnet50-19c8e357.pth) have no
+    # BatchNorm ``num_batches_tracked`` counters; they do not tell architectures apart anyway.
+    have = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith(_BN_COUNTER)}
     for name in list_models():
-        want = shapes_on_meta(name)
+        want = {k: v for k, v in shapes_on_meta(name).items() if not k.endswith(_BN_COUNTER)}
         if set(want) == set(have) and all(
             want[k] == have[k] for k in want if not k.startswith(("fc.", "classifier.6."))
         ):
@@ -109,6 +112,8 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         prefix = classifier_prefix(target) + "."
         sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
         sd.update({k: v for k, v in own.items() if k.startswith(prefix)})
+    # Old files lack BatchNorm's num_batches_tracked (unused in training/eval): keep the model's.
+    sd.update({k: v for k, v in own.items() if k.endswith(_BN_COUNTER) and k not in sd})
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shape = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
