@@ -14,9 +14,10 @@ from one heatmap, hit tests by lookup in a distance transform done in the loader
 
 Data: synthetic ImageNet (``gridcam.data.synthetic.make_imagenet``) val images with shorter side
 ``--image-size`` (1:1, 4:3, 3:4), evaluated at ``--input-resize``. Model: ``--arch`` randomly
-initialised (seeded). Both loops must produce the same numbers: the model runs in float64 by
-default so that the batched forward and the batch-1 forwards give bit-identical float32 heatmaps
-(in float32 their rounding differs by ~1e-7, which can move an argmax along a flat ridge).
+initialised (seeded). Both loops must produce the same numbers. The model runs in float32, as
+``gridcam evaluate`` does; there a batched forward and batch-1 forwards round differently by
+~1e-7, which can (rarely) move an argmax along a flat ridge — ``--dtype float64`` makes the two
+loops' heatmaps bit-identical.
 
 Prints ONE JSON line. Example::
 
@@ -135,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-j", "--workers", type=int, default=0 if (os.cpu_count() or 1) <= 2 else 4,
                     help="our loader workers (default 0 on <= 2 CPUs, else 4); the reference uses 0")
     ap.add_argument("--device", default="cpu", help="where both loops run the model (cpu, cuda)")
-    ap.add_argument("--dtype", choices=["float64", "float32"], default="float64",
-                    help="model dtype (float64: both loops give bit-identical numbers)")
+    ap.add_argument("--dtype", choices=["float64", "float32"], default="float32",
+                    help="model dtype (float32, as `gridcam evaluate` runs; float64 makes the two "
+                         "loops' heatmaps bit-identical)")
     ap.add_argument("--data", default=None, help="where to write the synthetic data (default: temp)")
     args = ap.parse_args(argv)
 
