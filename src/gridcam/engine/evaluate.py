@@ -9,12 +9,17 @@ ImageNet, per-class and overall P/R/F1 for COCO) from the same forward:
    together: the size is known from the dataset's ``.sizes`` without decoding, so a batch plan is
    made up front (:func:`plan_batches`). All T target classes of an image come from one forward
    (targets padded to the batch's largest T).
-2. DataLoader workers decode the images, build the masks at the original resolution (data layer)
-   and their hit regions (a distance transform per pair, :func:`gridcam.metrics.hit_region`).
-3. Per (image, class): heatmap -> bilinear resize to the ORIGINAL image size -> skipped and counted
+2. The loader decodes the images, builds the masks at the original resolution (data layer) and
+   their hit regions (a distance transform per pair, :func:`gridcam.metrics.hit_region`), in
+   ``-j`` DataLoader worker processes or, with ``-j 0``, in a background thread of the main
+   process (PIL and numpy release the GIL, so loading overlaps the model without any
+   inter-process copies; the faster choice on 2 CPU cores).
+3. Grad-CAM: the trunk before the CAM layer runs without autograd (only ``d logits / d A`` is
+   needed), see :func:`_explain`; bit-identical heatmaps to ``cam.explain``.
+4. Per (image, class): heatmap -> bilinear resize to the ORIGINAL image size -> skipped and counted
    if its sum is <= 0 -> PG (argmax lookup in the hit region), SPG (``--spg-samples`` inverse-CDF
    draws, seeded per image from (seed, image index)), CH (mass inside the mask).
-4. Totals are integer counts (:mod:`gridcam.metrics`), so they merge exactly across ranks and
+5. Totals are integer counts (:mod:`gridcam.metrics`), so they merge exactly across ranks and
    across an interrupted-and-resumed run.
 
 Streaming and resume (``--per-image FILE.jsonl``): one JSON line per scored or skipped pair and one
@@ -215,6 +220,74 @@ def _materialize(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 it[key] = it[key].clone()
         out.append(it)
     return out
+
+
+def _prestack(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stack the images of each shape group once, in the loader thread (off the model's thread).
+
+    Every readable item gets ``"_stacked"`` (its group's (B,3,h,w) tensor, shared) and its
+    ``"image"`` becomes a view into it; :func:`_process_group` uses the stacked tensor as is when
+    its group is exactly that one (groups are formed the same way, in item order).
+    """
+    groups: dict[tuple[int, ...], list[int]] = OrderedDict()
+    for k, it in enumerate(items):
+        if not it.get("unreadable") and isinstance(it.get("image"), torch.Tensor):
+            groups.setdefault(tuple(it["image"].shape), []).append(k)
+    out = list(items)
+    for members in groups.values():
+        stacked = torch.stack([items[k]["image"] for k in members])
+        for b, k in enumerate(members):
+            out[k] = dict(items[k], image=stacked[b], _stacked=stacked)
+    return out
+
+
+def _lower_thread_priority(nice: int = 10) -> None:
+    """Make the calling thread yield the CPU to the model's threads (Linux: per-thread nice).
+
+    The model is the slowest stage; loading threads at a lower priority use the cores whenever the
+    model's threads do not, instead of stalling its parallel (OpenMP) regions.
+    """
+    if sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS would renice the whole process
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                           min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+        except (OSError, AttributeError):
+            pass
+
+
+def _thread_loader(source: torch.utils.data.Dataset, batches: Sequence[Sequence[int]],
+                   threads: int = 2, depth: int = 2) -> Iterator[list[dict[str, Any]]]:
+    """``-j 0``: load the batches' items in background threads of this process, in plan order.
+
+    Decoding, resizing (PIL) and the hit regions (numpy) release the GIL, so loading overlaps the
+    model and the scoring without copying images between processes (which cost more than it
+    saved on 2 cores). Up to ``depth`` batches are in flight; each batch's items are loaded in
+    parallel, then stacked (:func:`_prestack`) by a job queued after them (FIFO: its items are
+    done or running by then, so it never waits on a queued job). Errors re-raise here.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gridcam-load",
+                              initializer=_lower_thread_priority)
+    pending: deque = deque()
+    todo = iter(batches)
+
+    def submit() -> None:
+        b = next(todo, None)
+        if b is not None:
+            futures = [pool.submit(source.__getitem__, int(i)) for i in b]
+            pending.append(pool.submit(lambda fs=futures: _prestack([f.result() for f in fs])))
+
+    try:
+        for _ in range(depth):
+            submit()
+        while pending:
+            items = pending.popleft().result()
+            submit()
+            yield items
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _prefetch(iterable: Iterable[Any], fn: Any, depth: int = 2) -> Iterator[Any]:
@@ -567,14 +640,20 @@ def evaluate(
     writer = _Writer(None if path is None else
                      (path if world == 1 else path.with_name(f"{path.name}.part{rank}")))
     need_hits = "pg" in metrics or "spg" in metrics
-    loader = torch.utils.data.DataLoader(
-        _WithHits(dataset, tolerance, need_hits), batch_sampler=mine, num_workers=workers,
-        # No pin_memory: stacking pinned tensors allocates page-locked memory for every batch,
-        # which cost more than the plain host-to-device copies it would speed up.
-        collate_fn=_collate_items, pin_memory=False)
+    source = _WithHits(dataset, tolerance, need_hits)
     bar = _progress(sum(len(b) for b in mine), enabled=progress and rank == 0,
                     initial=resumed if world == 1 else 0)
-    batches_in = _prefetch(loader, _materialize) if workers > 0 else iter(loader)
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(
+            source, batch_sampler=mine, num_workers=workers,
+            # No pin_memory: stacking pinned tensors allocates page-locked memory for every batch,
+            # which cost more than the plain host-to-device copies it would speed up.
+            collate_fn=_collate_items, pin_memory=False)
+        # A thread copies the workers' shared-memory tensors (see _materialize) and stacks.
+        batches_in: Iterator[list[dict[str, Any]]] = _prefetch(
+            loader, lambda x: _prestack(_materialize(x)))
+    else:
+        batches_in = _thread_loader(source, mine)
     try:
         for items in batches_in:
             records = _process_batch(items, model, layer, methods, metrics, opts, ev, device,
@@ -646,6 +725,81 @@ def _progress(total: int, enabled: bool, initial: int = 0):
                 file=sys.stderr)
 
 
+def _fast_max_pool(model: nn.Module) -> list[Any]:
+    """Hooks making the model's ``nn.MaxPool2d`` layers run in channels-last on CPU without grad.
+
+    PyTorch's CPU max-pool kernel for contiguous (NCHW) input is slow: for ResNet's stem pool it
+    took as long as all the convolutions of tiny_resnet. The channels-last kernel is ~7x faster.
+    A maximum is exact, so pooling a channels-last copy and converting the result back gives
+    bit-identical values, and the layers after it see the same NCHW tensor as before. Only while
+    grad is off (the trunk before the CAM layer, see :func:`_explain`): with grad, the pool's
+    backward could break ties between equal values differently. Returns the hook handles.
+    """
+    handles = []
+    for m in model.modules():
+        if type(m) is not nn.MaxPool2d or m.return_indices:
+            continue
+        converted: list[bool] = [False]
+
+        def pre(_m: nn.Module, inputs: tuple, converted: list[bool] = converted) -> Any:
+            x = inputs[0] if len(inputs) == 1 else None
+            converted[0] = (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu"
+                            and not torch.is_grad_enabled() and x.is_contiguous())
+            return (x.contiguous(memory_format=torch.channels_last),) if converted[0] else None
+
+        def post(_m: nn.Module, _inputs: tuple, out: Any, converted: list[bool] = converted) -> Any:
+            if converted[0]:
+                converted[0] = False
+                return out.contiguous()
+            return None
+
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    return handles
+
+
+def _explain(method: str, model: nn.Module, layer: nn.Module, images: torch.Tensor,
+             targets: torch.Tensor, opts: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cam.explain``, with a faster route for Grad-CAM giving bit-identical heatmaps.
+
+    Grad-CAM needs ``d logits / d A`` at the CAM layer only, so the network BEFORE the layer need
+    not be recorded for autograd. ``cam.explain_gradcam`` makes the input require grad (so it works
+    for any model), which records the whole trunk: every op saves its inputs, and ``max_pool2d``
+    then takes its slower with-indices kernel. Here the forward runs under ``no_grad`` and a hook
+    on the layer swaps its output for a detached leaf that requires grad and turns grad mode on
+    for the rest of the forward (the head after the layer). The same kernels compute the same
+    values; the backward covers exactly the head, as before. Falls back to ``cam.explain`` when the
+    registry's "gradcam" was replaced or the layer ran more than once in the forward.
+    """
+    from gridcam import cam
+
+    fn = cam.METHODS.get(method)
+    if method != "gradcam" or fn is not cam.explain_gradcam:
+        return cam.explain(method, model, layer, images, targets, **opts)
+    leaves: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+        if not isinstance(out, torch.Tensor):
+            return None
+        leaf = out.detach().requires_grad_(True)
+        leaves.append(leaf)
+        torch.set_grad_enabled(True)  # the head after the layer is recorded; restored below
+        return leaf
+
+    handles = [layer.register_forward_hook(hook), *_fast_max_pool(model)]
+    try:
+        with torch.inference_mode(False), torch.no_grad():  # exit restores the grad mode
+            logits = model(images.detach())
+    finally:
+        for h in handles:
+            h.remove()
+    if len(leaves) != 1 or not logits.requires_grad:
+        return cam.explain(method, model, layer, images, targets, **opts)
+    with torch.enable_grad():
+        heat = cam.grad_cam(logits, leaves[0], targets, variant=opts.get("variant", "elementwise"),
+                            normalize=None)
+    return heat.detach(), logits.detach()
+
+
 def _process_batch(items: list[dict[str, Any]], model: nn.Module, layer: nn.Module,
                    methods: Sequence[str], metrics: Sequence[str], opts: Mapping[str, Any],
                    ev: Evaluation, device: torch.device, seed: int,
@@ -683,7 +837,11 @@ def _process_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modu
     # Inputs in the model's dtype (a float64 model makes results independent of the batch size:
     # its batch-size-dependent rounding is far below the float32 the heatmaps are computed in).
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    images = torch.stack([it["image"] for it in items]).to(device, dtype, non_blocking=True)
+    stacked = items[0].get("_stacked")
+    if not (isinstance(stacked, torch.Tensor) and stacked.shape[0] == B
+            and all(it.get("_stacked") is stacked for it in items)):
+        stacked = torch.stack([it["image"] for it in items])  # not pre-stacked by the loader
+    images = stacked.to(device, dtype, non_blocking=True)
     counts = [int(torch.as_tensor(it["classes"]).numel()) for it in items]
     T = max(1, max(counts))
     # Pad every image's targets to T with its first class (or 0); padded heatmaps are dropped.
@@ -711,7 +869,7 @@ def _process_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modu
             g = torch.Generator(device=device)
             g.manual_seed(spg_seed(seed + 1, int(items[0]["index"])))
             mopts["generator"] = g
-        heat, logits = cam.explain(method, model, layer, images, targets, **mopts)
+        heat, logits = _explain(method, model, layer, images, targets, mopts)
         if logits0 is None:
             logits0 = logits
         heat = heat.float()

@@ -141,7 +141,7 @@ def gc_step(
             (single-label) or a random present category (multi-label, ``grid.choose_present_class``
             with ``generator``).
         lam: weight of ``L_gc``. 0 = the baseline: one plain forward, no capture, no composite.
-        multi_label: loss ``C * BCE + lam * L_gc`` instead of ``CE + lam * L_gc``.
+        multi_label: loss ``80 * BCE + lam * L_gc`` instead of ``CE + lam * L_gc``.
         negatives: (B,3,3,H,W) loader-provided negatives (``--negatives dataset``); None = draw
             three per sample from the batch (``grid.sample_negatives``, no extra decoding).
         quadrants: (B,) long in {0..3} where each image goes in its composite; None = random

@@ -5,7 +5,7 @@ as a single process or under ``torchrun`` (DistributedDataParallel):
 
 * data: ``DATA/train/<class>/*`` (+ ``DATA/val``) for ImageNet-style runs, ``DATA/train2014`` +
   ``DATA/annotations/instances_train2014.json`` (+ val2014) for COCO-style runs;
-* loss per batch: :func:`gridcam.engine.steps.gc_step` (CE or ``C * BCE``, plus ``lambda * L_gc``);
+* loss per batch: :func:`gridcam.engine.steps.gc_step` (CE or ``80 * BCE``, plus ``lambda * L_gc``);
 * SGD with the paper's step schedule (or cosine), validation every epoch, checkpoints as DESIGN.md
   says (atomic writes), exact ``--resume``, SIGTERM/SIGINT -> resumable ``last.pth.tar``, a
   non-finite loss stops the run and leaves the last good checkpoint untouched;
@@ -445,7 +445,7 @@ def validate(model: nn.Module, loader: DataLoader, multi_label: bool, num_classe
 
     Single-label: ``top1``, ``top5`` (%), ``loss`` (CE). Multi-label: per-class and overall
     precision/recall/F1 (%) at logit > 0 (``gridcam.metrics.multilabel_scores``), ``loss``
-    (``C * BCE``). Both: ``images`` and ``skipped_images`` (unreadable, left out).
+    (``80 * BCE``). Both: ``images`` and ``skipped_images`` (unreadable, left out).
     """
     from gridcam.engine.steps import classification_loss
 
