@@ -12,8 +12,9 @@ gridcam, so all-zero maps are skipped in both).
 Ours: ``gridcam.engine.evaluate.evaluate`` — one pass, batches of equal-size images, all metrics
 from one heatmap, hit tests by lookup in a per-pair hit region (an exact distance transform truncated
 at the tolerance) computed by the loader. With ``-j 0`` (the default on <= 2 CPUs) the loader runs in
-a background thread, overlapping decoding with the model; worker processes pay for copying float
-images and masks between processes, which 2 cores do not win back.
+background threads, overlapping decoding with the model; worker processes pay for copying float
+images and masks between processes, which 2 cores do not win back. On <= 2 intra-op threads the
+model runs in its own thread (one intra-op thread) one batch ahead of the scoring.
 
 Data: synthetic ImageNet (``gridcam.data.synthetic.make_imagenet``) val images with shorter side
 ``--image-size`` (1:1, 4:3, 3:4), evaluated at ``--input-resize``. Model: ``--arch`` randomly
@@ -24,7 +25,7 @@ loops' heatmaps bit-identical.
 
 Prints ONE JSON line. Example::
 
-    python benchmarks/evaluate.py                      # ~1-2 min on 2 CPU cores
+    python benchmarks/evaluate.py                      # 256 images, ~15 s on 2 CPU cores
     python benchmarks/evaluate.py --arch resnet18 --input-resize 448 --images 16
 """
 
@@ -131,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="tiny_resnet")
     ap.add_argument("--classes", type=int, default=8)
-    ap.add_argument("--images", type=int, default=64, help="val images (a multiple of --classes)")
+    ap.add_argument("--images", type=int, default=256,
+                    help="val images (a multiple of --classes); 256 so that one-time start-up costs "
+                         "(thread pools, first batches) weigh about as little as over 50,000 images")
     ap.add_argument("--image-size", type=int, default=375,
                     help="shorter side of the val images (ImageNet's are typically 500x375)")
     ap.add_argument("--input-resize", type=int, default=224)
