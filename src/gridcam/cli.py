@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
+
+
+#: More loader processes than cores only adds contention (and a DataLoader warning).
+_DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
 def _lazy(target: str) -> Callable[[argparse.Namespace], int | None]:
@@ -100,7 +105,8 @@ def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
     p.add_argument("-a", "--arch", default="resnet18", help="architecture (see `gridcam models`)")
     p.add_argument("-b", "--batch-size", type=int, default=256,
                    help="GLOBAL batch over all ranks (per rank: batch / world size)")
-    p.add_argument("-j", "--workers", type=int, default=4, help="data-loading processes per rank")
+    p.add_argument("-j", "--workers", type=int, default=_DEFAULT_WORKERS,
+                   help="data-loading processes per rank (default: min(4, CPU count))")
     p.add_argument("--epochs", type=int, default=36 if coco else 90)
     p.add_argument("--lr", type=float, default=0.01 if coco else 0.1)
     p.add_argument("--momentum", type=float, default=0.9)
@@ -174,7 +180,9 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=15.0, help="pointing-game tolerance in pixels")
     p.add_argument("--spg-samples", type=int, default=100, help="draws per heatmap for the stochastic PG")
     p.add_argument("--seed", type=int, default=0, help="seed of the stochastic PG draws")
-    p.add_argument("-j", "--workers", type=int, default=4, help="data-loading worker processes")
+    p.add_argument("-j", "--workers", type=int, default=0 if (os.cpu_count() or 1) <= 2 else 4,
+                   help="data-loading worker processes; 0 = loader threads in this process "
+                        "(default: 0 on <= 2 CPUs, where it measured fastest, else 4)")
     p.add_argument("-b", "--batch-size", type=int, default=16,
                    help="images per forward (images of equal size are batched together)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
