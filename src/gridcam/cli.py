@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
+from gridcam.recipes import recipe
+
 
 #: More loader processes than cores only adds contention (and a DataLoader warning).
 _DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -107,12 +109,13 @@ def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
                    help="GLOBAL batch over all ranks (per rank: batch / world size)")
     p.add_argument("-j", "--workers", type=int, default=_DEFAULT_WORKERS,
                    help="data-loading processes per rank (default: min(4, CPU count))")
-    p.add_argument("--epochs", type=int, default=36 if coco else 90)
-    p.add_argument("--lr", type=float, default=0.01 if coco else 0.1)
+    r = recipe("coco" if coco else "imagenet")
+    p.add_argument("--epochs", type=int, default=int(r["epochs"]))
+    p.add_argument("--lr", type=float, default=r["lr"])
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=5e-4 if coco else 1e-4,
+    p.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=r["wd"],
                    help="weight decay (paper: 1e-4 ImageNet, 5e-4 COCO)")
-    p.add_argument("--lambda", dest="lam", type=float, default=1.0 if coco else 25.0,
+    p.add_argument("--lambda", dest="lam", type=float, default=r["lam"],
                    help="weight of the Grad-CAM consistency loss; 0 = baseline (no composites)")
     p.add_argument("--maxpool", action="store_true", help="global max pooling (GMP) instead of average")
     p.add_argument("--resume", default=None,

@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from gridcam import __version__, data, models
+from gridcam import __version__, data, models, recipes
 from gridcam.engine import checkpoint as ckpt
 from gridcam.engine import distributed as du
 from gridcam.engine.logging import EpochLog, Progress
@@ -82,11 +82,11 @@ class TrainConfig:
     arch: str = "resnet18"
     batch_size: int = 256
     workers: int = 4
-    epochs: int = 90
-    lr: float = 0.1
+    epochs: int = int(recipes.IMAGENET["epochs"])
+    lr: float = recipes.IMAGENET["lr"]
     momentum: float = 0.9
-    wd: float = 1e-4
-    lam: float = 25.0
+    wd: float = recipes.IMAGENET["wd"]
+    lam: float = recipes.IMAGENET["lam"]
     maxpool: bool = False
     resume: str | None = None
     save_dir: str = "runs/train"
@@ -115,9 +115,8 @@ class TrainConfig:
 
     @classmethod
     def for_coco(cls, **overrides: Any) -> "TrainConfig":
-        """The paper's COCO recipe (lr 0.01, wd 5e-4, 36 epochs, lambda 1), with ``overrides``."""
-        base = dict(dataset="coco", epochs=36, lr=0.01, wd=5e-4, lam=1.0)
-        base.update(overrides)
+        """The paper's COCO recipe (:data:`gridcam.recipes.COCO`), with ``overrides``."""
+        base: dict[str, Any] = {"dataset": "coco", **recipes.COCO, **overrides}
         return cls(**base)
 
     def plain(self) -> dict[str, Any]:
