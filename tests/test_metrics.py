@@ -95,6 +95,28 @@ def test_hit_region_of_small_boxes_anywhere(r0: int, dh: int, c0: int, dw: int, 
     assert torch.equal(region, brute)
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**31 - 1),
+       st.floats(0.5, 12.0), st.sampled_from([0.5, 0.93, 0.995]))
+def test_hit_points_equals_hit_region(h: int, w: int, seed: int, tol: float, keep: float) -> None:
+    """The row-count hit test gives the distance-transform map at every pixel of every pair
+    (masks near borders, sparse, dense, empty; tolerances above the image size included)."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.rand(3, h, w, generator=g) > keep
+    masks[2] = False  # an empty mask never hits
+    every = torch.arange(h * w).expand(3, -1)
+    got = M.hit_points(masks, every, tol).view(3, h, w)
+    assert torch.equal(got, M.hit_region(masks, tol))
+    assert not got[2].any()
+
+
+def test_hit_points_tolerance_boundary() -> None:
+    pts = torch.tensor([[25 * 90 + 44, 25 * 90 + 45, 39 * 90 + 41, 39 * 90 + 42, 0]])
+    assert M.hit_points(MASK[None], pts, 15.0).tolist() == [[True, False, True, False, False]]
+    with pytest.raises(ValueError, match="bool"):
+        M.hit_points(MASK[None].float(), pts)
+
+
 # -------------------------------------------------------------------- stochastic pointing game
 def test_spg_one_pixel_heatmap() -> None:
     g = torch.Generator().manual_seed(0)

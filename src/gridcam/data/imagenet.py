@@ -230,16 +230,25 @@ def _class_of_first(objects: list[BoxObject], class_to_idx: dict[str, int]) -> t
     return wnid, class_to_idx.get(wnid, -1)
 
 
+def clip_box(box: tuple[int, int, int, int], height: int, width: int) -> tuple[int, int, int, int] | None:
+    """VOC box ``(xmin, ymin, xmax, ymax)`` (1-based, inclusive) -> 0-based half-open
+    ``(r0, r1, c0, c1)`` clipped to an (height, width) image, or None when nothing is left."""
+    x0, y0, x1, y1 = box
+    r0, r1 = max(y0 - 1, 0), min(y1, height)  # rows y0-1 .. y1-1 inclusive
+    c0, c1 = max(x0 - 1, 0), min(x1, width)
+    return (r0, r1, c0, c1) if r1 > r0 and c1 > c0 else None
+
+
 def boxes_mask(boxes: Sequence[tuple[int, int, int, int]], height: int, width: int) -> torch.Tensor:
     """Union of VOC boxes ``(xmin, ymin, xmax, ymax)`` (1-based, inclusive) as a (H,W) bool mask.
 
     Box ``(3, 2, 5, 4)`` covers rows 1..3 and columns 2..4; parts outside the image are clipped.
     """
     mask = torch.zeros(height, width, dtype=torch.bool)
-    for x0, y0, x1, y1 in boxes:
-        r0, r1 = max(y0 - 1, 0), min(y1, height)  # rows y0-1 .. y1-1 inclusive
-        c0, c1 = max(x0 - 1, 0), min(x1, width)
-        if r1 > r0 and c1 > c0:
+    for box in boxes:
+        clipped = clip_box(box, height, width)
+        if clipped is not None:
+            r0, r1, c0, c1 = clipped
             mask[r0:r1, c0:c1] = True
     return mask
 
@@ -332,16 +341,16 @@ class ImageNetValLoc(_ValBase):
             if all(o.difficult for o in objs):
                 skipped.append((label, "all boxes difficult"))
             else:
-                m = boxes_mask([(o.xmin, o.ymin, o.xmax, o.ymax) for o in objs], height, width)
-                if not bool(m.any()):
+                boxes = [(o.xmin, o.ymin, o.xmax, o.ymax) for o in objs]
+                if all(clip_box(b, height, width) is None for b in boxes):
                     skipped.append((label, f"boxes outside the image in {rec.source}"))
                 else:
                     classes.append(label)
-                    masks.append(m)
+                    masks.append(boxes_mask(boxes, height, width))
         if not self.with_masks:
             mask_t = None
         elif masks:
-            mask_t = torch.stack(masks)
+            mask_t = masks[0][None]  # T == 1 (the first object's class); a view, no copy
         else:
             mask_t = torch.zeros(0, height, width, dtype=torch.bool)
         return {

@@ -9,8 +9,7 @@ ImageNet, per-class and overall P/R/F1 for COCO) from the same forward:
    together: the size is known from the dataset's ``.sizes`` without decoding, so a batch plan is
    made up front (:func:`plan_batches`). All T target classes of an image come from one forward
    (targets padded to the batch's largest T).
-2. The loader decodes the images, builds the masks at the original resolution (data layer) and
-   their hit regions (a distance transform per pair, :func:`gridcam.metrics.hit_region`), in
+2. The loader decodes the images and builds the masks at the original resolution (data layer), in
    ``-j`` DataLoader worker processes or, with ``-j 0``, in a background thread of the main
    process (PIL and numpy release the GIL, so loading overlaps the model without any
    inter-process copies; the faster choice on 2 CPU cores). On a CPU host with <= 2 intra-op
@@ -20,7 +19,7 @@ ImageNet, per-class and overall P/R/F1 for COCO) from the same forward:
    needed), see :func:`_explain`; bit-identical heatmaps to ``cam.explain`` (for the same
    intra-op thread count). Max-pool layers run on oneDNN (exact, :func:`_fast_max_pool`).
 4. Per (image, class): heatmap -> bilinear resize to the ORIGINAL image size -> skipped and counted
-   if its sum is <= 0 -> PG (argmax lookup in the hit region), SPG (``--spg-samples`` inverse-CDF
+   if its sum is <= 0 -> PG (argmax; hit test by :func:`gridcam.metrics.hit_points`), SPG (``--spg-samples`` inverse-CDF
    draws, seeded per image from (seed, image index)), CH (mass inside the mask).
 5. Totals are integer counts (:mod:`gridcam.metrics`), so they merge exactly across ranks and
    across an interrupted-and-resumed run.
@@ -134,17 +133,15 @@ def _parse_list(text: str | Sequence[str], allowed: Iterable[str], what: str) ->
 
 
 # ------------------------------------------------------------------------- dataset plumbing
-class _WithHits(torch.utils.data.Dataset):
-    """Wraps a localisation dataset: adds each item's hit regions, computed in the worker.
+class _Items(torch.utils.data.Dataset):
+    """Wraps a localisation dataset for the evaluator's loader.
 
     An unreadable image (the dataset returns None) becomes a small ``{"index", "unreadable"}``
     record so the evaluator can count it and mark it done for resumption.
     """
 
-    def __init__(self, base: Any, tolerance: float, need_hits: bool):
+    def __init__(self, base: Any):
         self.base = base
-        self.tolerance = tolerance
-        self.need_hits = need_hits
 
     def __len__(self) -> int:
         return len(self.base)
@@ -156,9 +153,17 @@ class _WithHits(torch.utils.data.Dataset):
             return {"index": i, "unreadable": True, "path": path, "reason": reason}
         item = dict(item)
         item.setdefault("index", i)
-        if self.need_hits:
-            item["hits"] = M.hit_region(item["masks"], self.tolerance)
         return item
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """What the scoring of every batch needs besides the heatmaps."""
+
+    metrics: tuple[str, ...]
+    tolerance: float
+    samples: int
+    seed: int
 
 
 def _why_none(ds: Any, i: int) -> tuple[str, str]:
@@ -221,7 +226,7 @@ def _materialize(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for it in items:
         it = dict(it)
-        for key in ("image", "masks", "hits"):
+        for key in ("image", "masks"):
             if isinstance(it.get(key), torch.Tensor):
                 it[key] = it[key].clone()
         out.append(it)
@@ -296,14 +301,21 @@ def _thread_loader(source: torch.utils.data.Dataset, batches: Sequence[Sequence[
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _prefetch(iterable: Iterable[Any], fn: Any, depth: int = 2) -> Iterator[Any]:
-    """Yield ``fn(x)`` for ``x`` in ``iterable``, computed one or two ahead in a thread."""
+def _prefetch(iterable: Iterable[Any], fn: Any, depth: int = 2,
+              threads: int | None = None) -> Iterator[Any]:
+    """Yield ``fn(x)`` for ``x`` in ``iterable``, computed one or two ahead in a thread.
+
+    ``threads``: intra-op threads of that thread (PyTorch's CPU thread count is a per-thread
+    OpenMP setting, so the consumer's stays as it is).
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     end = object()
 
     def run() -> None:
         try:
+            if threads is not None:
+                torch.set_num_threads(threads)
             for x in iterable:
                 y = fn(x)
                 while not stop.is_set():
@@ -645,8 +657,8 @@ def evaluate(
 
     writer = _Writer(None if path is None else
                      (path if world == 1 else path.with_name(f"{path.name}.part{rank}")))
-    need_hits = "pg" in metrics or "spg" in metrics
-    source = _WithHits(dataset, tolerance, need_hits)
+    source = _Items(dataset)
+    scoring = _Scoring(tuple(metrics), float(tolerance), int(spg_samples), int(seed))
     bar = _progress(sum(len(b) for b in mine), enabled=progress and rank == 0,
                     initial=resumed if world == 1 else 0)
     if workers > 0:
@@ -660,21 +672,22 @@ def evaluate(
             loader, lambda x: _prestack(_materialize(x)))
     else:
         batches_in = _thread_loader(source, mine)
-    # Small CPU hosts: a three-stage pipeline. The model runs in its own thread with one intra-op
-    # thread, one batch ahead of the main thread's scoring, while the loader threads decode the
-    # next batches. On 2 cores that kept both busy better than a 2-thread model alternating
-    # with single-threaded scoring (whose idle OpenMP workers spin): 241 vs 205 img/s on the
-    # benchmark. The intra-op thread count is restored afterwards.
+    # Small CPU hosts: a three-stage pipeline. The model runs in its own thread with all intra-op
+    # threads, one batch ahead of the main thread's scoring (one intra-op thread: its ops are
+    # small and an idle OpenMP team would spin), while the loader threads decode the next
+    # batches at a lower priority. On 2 cores: 245 img/s on the benchmark at 224 px vs 233 with
+    # a one-thread model stage, 70 vs 55 at 448 px (where the model dominates) and 205 for a
+    # two-thread model alternating with scoring in one thread. The main thread's intra-op
+    # thread count is restored afterwards.
     threads0 = torch.get_num_threads()
     pipeline = device.type == "cpu" and threads0 <= _PIPELINE_MAX_THREADS
     if pipeline:
-        torch.set_num_threads(max(1, threads0 - 1))
+        torch.set_num_threads(1)
         batches_in = _prefetch(batches_in, lambda x: _precompute(
-            x, model, layer, methods, opts, device, seed), depth=1)
+            x, model, layer, methods, opts, device, seed), depth=1, threads=threads0)
     try:
         for items in batches_in:
-            records = _process_batch(items, model, layer, methods, metrics, opts, ev, device,
-                                     seed, spg_samples)
+            records = _process_batch(items, model, layer, methods, opts, ev, device, scoring)
             writer.write(records)
             if bar is not None:
                 bar.update(len(items))
@@ -838,9 +851,8 @@ def _explain(method: str, model: nn.Module, layer: nn.Module, images: torch.Tens
 
 
 def _process_batch(items: list[dict[str, Any]], model: nn.Module, layer: nn.Module,
-                   methods: Sequence[str], metrics: Sequence[str], opts: Mapping[str, Any],
-                   ev: Evaluation, device: torch.device, seed: int,
-                   samples: int) -> list[dict[str, Any]]:
+                   methods: Sequence[str], opts: Mapping[str, Any], ev: Evaluation,
+                   device: torch.device, sc: _Scoring) -> list[dict[str, Any]]:
     """Score one batch (list of items) into ``ev``; return its per-image records."""
     records: list[dict[str, Any]] = []
     good = []
@@ -857,8 +869,7 @@ def _process_batch(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modu
     for it in good:
         by_shape.setdefault(tuple(it["image"].shape), []).append(it)
     for group in by_shape.values():
-        records.extend(_process_group(group, model, layer, methods, metrics, opts, ev, device,
-                                      seed, samples))
+        records.extend(_process_group(group, model, layer, methods, opts, ev, device, sc))
     return records
 
 
@@ -880,9 +891,8 @@ def _precompute(items: list[dict[str, Any]], model: nn.Module, layer: nn.Module,
 
 
 def _process_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Module,
-                   methods: Sequence[str], metrics: Sequence[str], opts: Mapping[str, Any],
-                   ev: Evaluation, device: torch.device, seed: int,
-                   samples: int) -> list[dict[str, Any]]:
+                   methods: Sequence[str], opts: Mapping[str, Any], ev: Evaluation,
+                   device: torch.device, sc: _Scoring) -> list[dict[str, Any]]:
     """One forward (+ one batched backward) per method for images of one transformed size; all
     T target classes of each image are explained at once (targets padded to the largest T).
     The forward is skipped when the pipeline's model stage (:func:`_precompute`) already ran it."""
@@ -890,8 +900,9 @@ def _process_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modu
     if pre is not None and pre[0] == [id(it) for it in items]:
         targets, counts, explained = pre[1]
     else:
-        targets, counts, explained = _forward_group(items, model, layer, methods, opts, device, seed)
-    return _score_group(items, targets, counts, explained, metrics, ev, device, seed, samples)
+        targets, counts, explained = _forward_group(items, model, layer, methods, opts, device,
+                                                    sc.seed)
+    return _score_group(items, targets, counts, explained, ev, device, sc)
 
 
 def _forward_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Module,
@@ -934,14 +945,14 @@ def _forward_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modu
 
 def _score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: list[int],
                  explained: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-                 metrics: Sequence[str], ev: Evaluation, device: torch.device, seed: int,
-                 samples: int) -> list[dict[str, Any]]:
+                 ev: Evaluation, device: torch.device, sc: _Scoring) -> list[dict[str, Any]]:
     """The scoring part of :func:`_process_group` (heatmaps from :func:`_forward_group`)."""
     from gridcam import cam
 
+    metrics, samples = sc.metrics, sc.samples
     B = len(items)
     methods = list(explained)
-    uniforms = ([spg_uniforms(seed, int(it["index"]), c, samples) for it, c in zip(items, counts)]
+    uniforms = ([spg_uniforms(sc.seed, int(it["index"]), c, samples) for it, c in zip(items, counts)]
                 if "spg" in metrics else None)
     # Images of equal ORIGINAL size are upsampled and scored together.
     by_size: dict[tuple[int, int], list[int]] = OrderedDict()
@@ -967,11 +978,9 @@ def _score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: lis
                 small = heat[bi, ti]  # (P,h',w')
                 big = cam.upsample(small, (H, W))
                 masks = torch.stack([items[b]["masks"][t] for b, t in chunk]).to(device)
-                hits = (torch.stack([items[b]["hits"][t] for b, t in chunk]).to(device)
-                        if "hits" in items[0] else None)
                 u = (torch.stack([uniforms[b][t] for b, t in chunk]).to(device)
                      if uniforms is not None else None)
-                s = M.score_pairs(big, masks, hits, u, metrics=metrics)
+                s = M.score_pairs(big, masks, u, metrics=metrics, tolerance=sc.tolerance)
                 classes = targets[bi, ti]
                 valid = s.valid
                 counts_m.update(

@@ -9,7 +9,7 @@ Single pairs (DESIGN.md public API)::
 
 ``heatmap`` (H,W) non-negative at the mask's resolution (normalised or not); ``mask`` (H,W) bool.
 An all-zero heatmap raises :class:`EmptyHeatmapError` (the evaluator skips and counts such pairs).
-The batched forms (:func:`score_pairs`, :func:`hit_region`) and the exact, mergeable accumulators
+The batched forms (:func:`score_pairs`, :func:`hit_points`, :func:`hit_region`) and the exact, mergeable accumulators
 (:class:`LocalizationCounts`, :class:`TopKCounts`, :class:`MultiLabelCounts`) are what
 ``gridcam evaluate`` uses. Pure tensor code: no file I/O.
 """
@@ -25,6 +25,7 @@ from gridcam.metrics.localization import (
     LocalizationCounts,
     PairScores,
     content_heatmap,
+    hit_points,
     hit_region,
     inverse_cdf_sample,
     pointing_game_hit,
@@ -39,6 +40,7 @@ __all__ = [
     "PairScores",
     "TopKCounts",
     "content_heatmap",
+    "hit_points",
     "hit_region",
     "inverse_cdf_sample",
     "multilabel_scores",

@@ -9,8 +9,10 @@ Semantics (DESIGN.md "Evaluation", the paper's TorchRay-based scripts):
   evaluator skips and counts them (the paper's scripts ``continue`` on them).
 * Hit rule (TorchRay's pointing game): a pixel ``p`` hits when some mask pixel ``q`` lies at
   Euclidean distance ``|p - q| < tolerance`` (strict; 15 px in the paper). Instead of building a
-  mesh of the whole image per point, :func:`hit_region` computes, once per (image, class) pair,
-  the distance transform of the mask; every hit test afterwards is a lookup.
+  mesh of the whole image per point, :func:`hit_points` counts mask pixels in the tolerance disc
+  around each point from per-row running counts of the mask (one cumulative sum per pair, then
+  two lookups per disc row); :func:`hit_region` gives the whole map of hitting pixels (a
+  truncated distance transform) for display and checks.
 * Pointing game (PG): the point is the argmax of the heatmap (first maximum in row-major order).
   Score = mean over classes with at least one scored pair of hits / (hits + misses).
 * Stochastic pointing game (SPG): ``samples`` pixels drawn i.i.d. from the normalised heatmap by
@@ -18,7 +20,8 @@ Semantics (DESIGN.md "Evaluation", the paper's TorchRay-based scripts):
   that hit; score = mean over pairs.
 * Content heatmap (CH): the fraction of the heatmap's mass inside the mask; mean over pairs.
 
-Everything here is pure tensor code (numpy on CPU arrays for the hit region); no file I/O. :class:`LocalizationCounts` keeps the running totals with integer
+Everything here is pure tensor code (numpy on CPU arrays in places); no file I/O.
+:class:`LocalizationCounts` keeps the running totals with integer
 arithmetic so that partial totals from several ranks, or from a resumed run, merge to exactly the
 numbers of one uninterrupted pass.
 """
@@ -38,6 +41,7 @@ __all__ = [
     "LocalizationCounts",
     "PairScores",
     "content_heatmap",
+    "hit_points",
     "hit_region",
     "inverse_cdf_sample",
     "pointing_game_hit",
@@ -146,6 +150,53 @@ def hit_region(mask: Tensor, tolerance: float = 15.0) -> Tensor:
     return torch.from_numpy(out.reshape(m.shape)).to(mask.device)
 
 
+def hit_points(masks: Tensor, points: Tensor, tolerance: float = 15.0) -> Tensor:
+    """Hit tests for many points per mask: is some mask pixel within ``< tolerance`` px?
+
+    Args:
+        masks: (P,H,W) bool ground-truth masks (original image resolution).
+        points: (P,S) long flat pixel indices ``y * W + x`` into each pair's mask.
+        tolerance: the pointing game's tolerance in pixels (strict ``<``, TorchRay's float32 rule,
+            see :func:`_max_sq_distance`).
+    Returns:
+        (P,S) bool, on ``masks``' device; equal to looking the points up in :func:`hit_region`.
+
+    The disc of squared radius ``k`` around ``(y, x)`` is ``2R+1`` row segments
+    ``[x - w_dy, x + w_dy]`` (``w_dy = isqrt(k - dy**2)``, ``R = isqrt(k)``). With the per-row
+    running counts of the mask (one ``cumsum`` over the pair, int16), the number of mask pixels
+    on each segment is a difference of two lookups, so a test costs ``2(2R+1)`` gathers instead
+    of an (H,W) distance mesh, and nothing of size (H,W) is built per pair beyond the counts.
+    """
+    if masks.dim() != 3 or points.dim() != 2 or points.shape[0] != masks.shape[0]:
+        raise ValueError(f"masks must be (P,H,W) and points (P,S); got {tuple(masks.shape)} "
+                         f"and {tuple(points.shape)}")
+    if masks.dtype != torch.bool:
+        raise ValueError(f"masks must be bool, got {masks.dtype}")
+    P, H, W = masks.shape
+    S = points.shape[1]
+    k = _max_sq_distance(float(tolerance))
+    dev = masks.device
+    if k < 0 or P == 0 or S == 0:
+        return torch.zeros((P, S), dtype=torch.bool, device=dev)
+    R = math.isqrt(k)
+    dy = torch.arange(-R, R + 1, device=dev)
+    half = torch.tensor([math.isqrt(k - d * d) for d in range(-R, R + 1)], device=dev)
+    # running count of mask pixels along each row (a row holds at most W < 2**15 in int16)
+    counts = torch.cumsum(masks, dim=2, dtype=torch.int16 if W < 2**15 else torch.int32)
+    counts = counts.view(P, H * W)
+    pts = points.to(dev, torch.long)
+    y, x = (pts // W)[..., None], (pts % W)[..., None]  # (P,S,1)
+    rows = y + dy  # (P,S,2R+1)
+    inside = (rows >= 0) & (rows < H)
+    base = rows.clamp_(0, H - 1).mul_(W)
+    right = counts.gather(1, (base + (x + half).clamp_(max=W - 1)).view(P, -1))
+    left_col = x - half - 1  # the column before the segment; < 0 when it starts at column 0
+    left = counts.gather(1, (base + left_col.clamp(min=0)).view(P, -1))
+    left = torch.where((left_col >= 0).view(P, -1), left, torch.zeros_like(left))
+    found = (right > left).view(P, S, -1) & inside
+    return found.any(dim=2)
+
+
 # ------------------------------------------------------------------------------------- sampling
 def inverse_cdf_sample(heat: Tensor, uniforms: Tensor, total: Tensor | None = None) -> Tensor:
     """Draw pixels from heatmaps used as distributions, given uniform numbers.
@@ -189,7 +240,6 @@ class PairScores:
 def score_pairs(
     heat: Tensor,
     masks: Tensor,
-    hits: Tensor | None = None,
     uniforms: Tensor | None = None,
     *,
     metrics: Iterable[str] = ("pg", "spg", "ch"),
@@ -199,12 +249,10 @@ def score_pairs(
 
     Args:
         heat: (P,H,W) non-negative heatmaps at the original image size, unnormalised.
-        masks: (P,H,W) bool ground-truth masks (needed for "ch").
-        hits: (P,H,W) bool :func:`hit_region` of the masks (computed here when None and needed;
-            the evaluator computes it in its data-loading workers).
+        masks: (P,H,W) bool ground-truth masks.
         uniforms: (P,S) float64 in [0,1): the SPG draws' random numbers (required for "spg").
         metrics: subset of {"pg", "spg", "ch"}.
-        tolerance: used only when ``hits`` is None.
+        tolerance: the hit rule's distance in pixels (strict), for "pg" and "spg".
     Returns:
         :class:`PairScores`.
     """
@@ -241,10 +289,9 @@ def score_pairs(
             cdf[bad] = torch.arange(1, N + 1, dtype=torch.float64, device=cdf.device)
         total = torch.where(valid, total, torch.full_like(total, N))
     out = PairScores(valid=valid)
-    if ("pg" in metrics or "spg" in metrics) and hits is None:
-        hits = hit_region(masks, tolerance)
-    if hits is not None:
-        hits_flat = hits.reshape(P, N).to(heat.device)
+    if "spg" in metrics and uniforms is None:
+        raise ValueError("the stochastic pointing game needs uniforms (P,S)")
+    points = []  # flat pixel indices whose hits are tested, (P,1) for PG then (P,S) for SPG
     if "pg" in metrics:
         # Normalising by a positive scalar does not move the maximum, so argmax the raw map.
         # numpy's SIMD argmax is several times faster than torch's on CPU; both return the first
@@ -254,14 +301,17 @@ def score_pairs(
         else:
             idx = flat.argmax(dim=1)
         out.point = torch.stack([idx // W, idx % W], dim=1)
-        out.pg_hit = hits_flat.gather(1, idx[:, None])[:, 0]
+        points.append(idx[:, None].to(heat.device))
+    if "spg" in metrics:
+        points.append(_draw_from_cdf(cdf, total, uniforms))
+    if points:
+        hit = hit_points(masks.to(heat.device), torch.cat(points, dim=1), tolerance)
+        if "pg" in metrics:
+            out.pg_hit = hit[:, 0]
+        if "spg" in metrics:
+            out.spg_hits = hit[:, 1 if "pg" in metrics else 0:].sum(dim=1)
     if "ch" in metrics:
         out.ch = _mass_inside(heat, masks.to(heat.device)) / total
-    if "spg" in metrics:
-        if uniforms is None:
-            raise ValueError("the stochastic pointing game needs uniforms (P,S)")
-        draws = _draw_from_cdf(cdf, total, uniforms)
-        out.spg_hits = hits_flat.gather(1, draws).sum(dim=1)
     return out
 
 
