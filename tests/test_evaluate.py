@@ -4,6 +4,7 @@ ImageNet XML layouts, COCO with several categories per image, and bad input."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -174,6 +175,33 @@ def test_batched_equals_batch_size_one(imagenet_root, tmp_path) -> None:
     for batch in E.plan_batches(keys, range(len(ds)), 5):
         assert len({keys[i] for i in batch}) == 1 and len(batch) <= 5
         assert {tuple(ds[i]["image"].shape[1:]) for i in batch} == {keys[batch[0]]}
+
+
+def test_cpu_micro_batches_give_the_same_numbers(imagenet_root, monkeypatch) -> None:
+    assert E.micro_batch_size(4.0, 224, 298) == 16  # tiny_resnet at 224 px: the whole batch
+    assert E.micro_batch_size(4.0, 448, 597) == 4
+    assert E.micro_batch_size(16.0, 448, 597) == 1  # resnet18 at 448 px: one image at a time
+    assert E.micro_batch_size(16.0, 10, 10, budget=3200) == 2
+    model, ds = _model(double=True), _imagenet_ds(imagenet_root)
+    x = ds[0]["image"]
+    h, w = x.shape[-2:]
+    # tiny_resnet's largest activation: the stem's 16 channels at ceil(h/2) x ceil(w/2)
+    assert E.activation_per_pixel(model, x) == 16 * math.ceil(h / 2) * math.ceil(w / 2) / (h * w)
+    whole = _run(model, ds, batch_size=5)
+    sizes: list[int] = []
+    explain = E._explain
+
+    def spy(method, model_, layer, images, targets, opts):
+        sizes.append(images.shape[0])
+        return explain(method, model_, layer, images, targets, opts)
+
+    monkeypatch.setattr(E, "_explain", spy)
+    monkeypatch.setattr(E, "CPU_ACTIVATION_BUDGET", 1)  # one image per forward
+    single = _run(model, ds, batch_size=5)
+    assert set(sizes) == {1} and len(sizes) == len(ds)
+    a = single["metrics"]["gradcam"].pop("content_heatmap")
+    assert a == pytest.approx(whole["metrics"]["gradcam"].pop("content_heatmap"), rel=1e-9)
+    assert _scores(single) == _scores(whole)
 
 
 def test_per_image_records_and_limit(imagenet_root, tmp_path) -> None:
