@@ -76,8 +76,11 @@ METRICS: dict[str, str] = OrderedDict(
 _HEADER_KEY = "gridcam_per_image"
 _FORMAT_VERSION = 1
 #: Largest number of heatmap pixels (pairs x H x W) upsampled and scored at once; bounds memory
-#: (float32 + float64 copies, ~12 bytes/pixel) independently of the batch size and of T.
+#: (float32 + float64 copies, ~15 bytes/pixel) independently of the batch size and of T.
 _MAX_PIXELS = 8_000_000
+#: The same on CPU, where smaller chunks stay in cache: scoring 500x375 pairs took 0.92 ms/image
+#: in chunks of ~5 pairs (1 M pixels) vs 1.3 in chunks of 16 and 1.23 one pair at a time.
+_CPU_SCORE_PIXELS = 1_000_000
 #: CPU: the model runs a batch in micro-batches whose largest activation (module output) holds at
 #: most this many values (~17 MB float32), see :func:`micro_batch_size`.
 CPU_ACTIVATION_BUDGET = 4_500_000
@@ -1031,7 +1034,8 @@ def _score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: lis
         counts_m = ev.loc[method]
         for (H, W), members in by_size.items():
             pairs = [(b, t) for b in members for t in range(counts[b])]
-            step = max(1, _MAX_PIXELS // (H * W))
+            step = max(1, (_CPU_SCORE_PIXELS if heat.device.type == "cpu" else _MAX_PIXELS)
+                       // (H * W))
             for k in range(0, len(pairs), step):
                 chunk = pairs[k:k + step]
                 bi = torch.tensor([b for b, _ in chunk], device=heat.device)
