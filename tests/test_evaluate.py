@@ -4,7 +4,6 @@ ImageNet XML layouts, COCO with several categories per image, and bad input."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -183,10 +182,13 @@ def test_cpu_micro_batches_give_the_same_numbers(imagenet_root, monkeypatch) -> 
     assert E.micro_batch_size(16.0, 448, 597) == 1  # resnet18 at 448 px: one image at a time
     assert E.micro_batch_size(16.0, 10, 10, budget=3200) == 2
     model, ds = _model(double=True), _imagenet_ds(imagenet_root)
-    x = ds[0]["image"]
-    h, w = x.shape[-2:]
-    # tiny_resnet's largest activation: the stem's 16 channels at ceil(h/2) x ceil(w/2)
-    assert E.activation_per_pixel(model, x) == 16 * math.ceil(h / 2) * math.ceil(w / 2) / (h * w)
+    # tiny_resnet's largest activation: the stem's 16 channels at half resolution
+    prof = E.profile_model(model, (40, 60))
+    assert prof.activations == 16 * 20 * 30 / (40 * 60) == 4.0
+    assert prof.macs < E.MODEL_BOUND_MACS_PER_PIXEL  # a light model: one-thread model stage
+    r18 = E.profile_model(models.create("resnet18", num_classes=1000).eval())
+    assert r18.activations == 16.0 and r18.macs > E.MODEL_BOUND_MACS_PER_PIXEL
+    assert r18.macs * 224 * 224 == pytest.approx(1.814e9, rel=0.01)  # torchvision: 1.81 GFLOPS
     whole = _run(model, ds, batch_size=5)
     sizes: list[int] = []
     explain = E._explain

@@ -84,6 +84,9 @@ _CPU_SCORE_PIXELS = 1_000_000
 #: CPU: the model runs a batch in micro-batches whose largest activation (module output) holds at
 #: most this many values (~17 MB float32), see :func:`micro_batch_size`.
 CPU_ACTIVATION_BUDGET = 4_500_000
+#: Small CPU hosts: a model above this many MACs per input pixel gets all intra-op threads in the
+#: pipelined model stage, a lighter one a single thread (see :func:`evaluate`).
+MODEL_BOUND_MACS_PER_PIXEL = 5000.0
 #: Pipelined model stage (see :func:`evaluate`) on CPU hosts with at most this many intra-op
 #: threads; measured on 2 cores only, so larger hosts keep the two-stage loop.
 _PIPELINE_MAX_THREADS = 2
@@ -682,19 +685,22 @@ def evaluate(
             loader, lambda x: _prestack(_materialize(x)))
     else:
         batches_in = _thread_loader(source, mine)
-    # Small CPU hosts: a three-stage pipeline. The model runs in its own thread with all intra-op
-    # threads, one batch ahead of the main thread's scoring (one intra-op thread: its ops are
-    # small and an idle OpenMP team would spin), while the loader threads decode the next
-    # batches at a lower priority. On 2 cores: 245 img/s on the benchmark at 224 px vs 233 with
-    # a one-thread model stage, 70 vs 55 at 448 px (where the model dominates) and 205 for a
-    # two-thread model alternating with scoring in one thread. The main thread's intra-op
-    # thread count is restored afterwards.
+    # Small CPU hosts: a three-stage pipeline. The model runs in its own thread one batch ahead of
+    # the main thread's scoring (one intra-op thread: its ops are small and an idle OpenMP team
+    # would spin), while the loader threads decode the next batches at a lower priority. The model
+    # stage gets one intra-op thread when the stages are of a size (a light model: 2 cores stay
+    # busy without an OpenMP team whose barrier spins whenever another stage holds a core), all of
+    # them when it dominates. On 2 cores, interleaved runs: tiny_resnet (1.6k MACs/pixel) 245 vs
+    # 227 img/s with 1 vs 2 threads at 224 px, 79 vs 73 at 448 px; resnet18 (36k MACs/pixel)
+    # 25 vs 37 img/s at 224 px. The main thread's intra-op thread count is restored afterwards.
     threads0 = torch.get_num_threads()
     pipeline = device.type == "cpu" and threads0 <= _PIPELINE_MAX_THREADS
     if pipeline:
+        heavy = profile_model(model).macs > MODEL_BOUND_MACS_PER_PIXEL
         torch.set_num_threads(1)
         batches_in = _prefetch(batches_in, lambda x: _precompute(
-            x, model, layer, methods, opts, device, seed), depth=1, threads=threads0)
+            x, model, layer, methods, opts, device, seed), depth=1,
+            threads=threads0 if heavy else max(1, threads0 - 1))
     try:
         for items in batches_in:
             records = _process_batch(items, model, layer, methods, opts, ev, device, scoring)
@@ -943,7 +949,7 @@ def _forward_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modu
     targets = targets.to(device)
     micro = B
     if device.type == "cpu" and B > 1:
-        micro = micro_batch_size(activation_per_pixel(model, images[0]), *images.shape[-2:])
+        micro = micro_batch_size(profile_model(model).activations, *images.shape[-2:])
     explained = {}
     for method in methods:
         mopts = dict(opts)
@@ -959,41 +965,58 @@ def _forward_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modu
     return targets, counts, explained
 
 
-#: model -> largest activation values per input pixel (probed once per model and process)
-_ACTIVATION_PER_PIXEL: "weakref.WeakKeyDictionary[nn.Module, float]" = weakref.WeakKeyDictionary()
-
-
-def activation_per_pixel(model: nn.Module, image: torch.Tensor) -> float:
-    """Values in the model's largest module output per input pixel, for one image.
-
-    Probed with one no-grad forward of ``image`` (3,h,w) and cached per model (convolutional
-    activations scale with the input's pixels, so one size tells all). E.g. 4.0 for tiny_resnet
-    (16 channels at half resolution after the stem), 16.0 for resnet18/34 (64 channels).
+@dataclass(frozen=True)
+class ModelProfile:
+    """Per input pixel, for one image: ``activations`` = values in the model's largest module
+    output, ``macs`` = multiply-accumulates of its convolutions and linear layers. Convolutional
+    networks scale with the input's pixels, so one probe size tells all. E.g. tiny_resnet: 4.0
+    activations (16 channels at half resolution after the stem), ~1.6k MACs; resnet18: 16.0, ~36k.
     """
-    cached = _ACTIVATION_PER_PIXEL.get(model)
+
+    activations: float
+    macs: float
+
+
+#: model -> its profile (probed once per model and process)
+_PROFILES: "weakref.WeakKeyDictionary[nn.Module, ModelProfile]" = weakref.WeakKeyDictionary()
+
+
+def profile_model(model: nn.Module, size: tuple[int, int] = (224, 224)) -> ModelProfile:
+    """:class:`ModelProfile` of ``model`` from one no-grad forward of a zero image of ``size``
+    (on the model's device and dtype); cached per model."""
+    cached = _PROFILES.get(model)
     if cached is not None:
         return cached
-    largest = [0]
+    largest, macs = [0], [0]
 
-    def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-        if isinstance(out, torch.Tensor):  # a batch of one image
-            largest[0] = max(largest[0], out.numel())
+    def hook(m: nn.Module, _inp: Any, out: Any) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
+        largest[0] = max(largest[0], out.numel())  # a batch of one image
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            macs[0] += out.numel() * (m.in_channels // m.groups) * kh * kw
+        elif isinstance(m, nn.Linear):
+            macs[0] += out.numel() * m.in_features
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if not any(m.children())]
+    p0 = next(model.parameters())
     try:
         with torch.no_grad():
-            model(image[None].to(next(model.parameters()).dtype))
+            model(torch.zeros((1, 3, *size), dtype=p0.dtype, device=p0.device))
     finally:
         for h in handles:
             h.remove()
-    value = largest[0] / float(image.shape[-2] * image.shape[-1])
-    _ACTIVATION_PER_PIXEL[model] = value
-    return value
+    pixels = float(size[0] * size[1])
+    prof = ModelProfile(activations=largest[0] / pixels, macs=macs[0] / pixels)
+    _PROFILES[model] = prof
+    return prof
 
 
 def micro_batch_size(per_pixel: float, height: int, width: int, budget: int | None = None) -> int:
-    """Images per model forward on CPU: as many as keep the largest activation within ``budget``
-    values (default :data:`CPU_ACTIVATION_BUDGET`), at least 1.
+    """Images per model forward on CPU: as many as keep the largest activation (``per_pixel`` values
+    per input pixel, :attr:`ModelProfile.activations`) within ``budget`` values (default
+    :data:`CPU_ACTIVATION_BUDGET`), at least 1.
 
     On CPU a convolutional network is fastest when each layer's output stays cache-sized; past
     that, larger batches are slower per image. Measured on 2 cores (ms/image, Grad-CAM forward +
