@@ -9,9 +9,9 @@ Single pairs (DESIGN.md public API)::
 
 ``heatmap`` (H,W) non-negative at the mask's resolution (normalised or not); ``mask`` (H,W) bool.
 An all-zero heatmap raises :class:`EmptyHeatmapError` (the evaluator skips and counts such pairs).
-The batched forms (:func:`score_pairs`, :func:`hit_points`, :func:`hit_region`) and the exact, mergeable accumulators
-(:class:`LocalizationCounts`, :class:`TopKCounts`, :class:`MultiLabelCounts`) are what
-``gridcam evaluate`` uses. Pure tensor code: no file I/O.
+The batched forms (:func:`score_pairs`, :func:`hit_points`, :func:`hit_region`) and the exact,
+mergeable accumulators (:class:`LocalizationCounts`, :class:`TopKCounts`,
+:class:`MultiLabelCounts`) are what ``gridcam evaluate`` uses. Pure tensor code: no file I/O.
 """
 
 from gridcam.metrics.classification import (
