@@ -115,6 +115,18 @@ def test_hit_points_tolerance_boundary() -> None:
     assert M.hit_points(MASK[None], pts, 15.0).tolist() == [[True, False, True, False, False]]
     with pytest.raises(ValueError, match="bool"):
         M.hit_points(MASK[None].float(), pts)
+    with pytest.raises(ValueError, match="flat pixel indices"):
+        M.hit_points(MASK[None], torch.tensor([[80 * 90]]))
+
+
+def test_huge_tolerance_hits_everywhere_with_bounded_work() -> None:
+    """A tolerance far above the image's diagonal: every pixel hits a non-empty mask (the disc is
+    capped at the image, so this costs what a 90-pixel tolerance costs)."""
+    masks = torch.stack([MASK, torch.zeros_like(MASK)])
+    every = torch.arange(80 * 90).expand(2, -1)
+    got = M.hit_points(masks, every, 1e9)
+    assert got[0].all() and not got[1].any()
+    assert torch.equal(M.hit_region(masks, 1e9), got.view(2, 80, 90))
 
 
 # -------------------------------------------------------------------- stochastic pointing game

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import queue
 import sys
@@ -265,12 +266,15 @@ def _prestack(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _lower_thread_priority(nice: int = 10) -> None:
-    """Make the calling thread yield the CPU to the model's threads (Linux: per-thread nice).
+def _loader_thread_init(nice: int = 10) -> None:
+    """Set up a loader thread: one intra-op thread (its few torch ops are small, and a new thread
+    would otherwise take whatever count another thread set last) and a lower priority, so that it
+    yields the CPU to the model's threads (Linux: per-thread nice).
 
     The model is the slowest stage; loading threads at a lower priority use the cores whenever the
     model's threads do not, instead of stalling its parallel (OpenMP) regions.
     """
+    torch.set_num_threads(1)
     if sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS would renice the whole process
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
@@ -283,7 +287,7 @@ def _thread_loader(source: torch.utils.data.Dataset, batches: Sequence[Sequence[
                    threads: int = 2, depth: int = 2) -> Iterator[list[dict[str, Any]]]:
     """``-j 0``: load the batches' items in background threads of this process, in plan order.
 
-    Decoding, resizing (PIL) and the hit regions (numpy) release the GIL, so loading overlaps the
+    Decoding, resizing (PIL) and building masks (torch) release the GIL, so loading overlaps the
     model and the scoring without copying images between processes (which cost more than it
     saved on 2 cores). Up to ``depth`` batches are in flight; each batch's items are loaded in
     parallel, then stacked (:func:`_prestack`) by a job queued after them (FIFO: its items are
@@ -293,7 +297,7 @@ def _thread_loader(source: torch.utils.data.Dataset, batches: Sequence[Sequence[
     from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gridcam-load",
-                              initializer=_lower_thread_priority)
+                              initializer=_loader_thread_init)
     pending: deque = deque()
     todo = iter(batches)
 
@@ -318,8 +322,9 @@ def _prefetch(iterable: Iterable[Any], fn: Any, depth: int = 2,
               threads: int | None = None) -> Iterator[Any]:
     """Yield ``fn(x)`` for ``x`` in ``iterable``, computed one or two ahead in a thread.
 
-    ``threads``: intra-op threads of that thread (PyTorch's CPU thread count is a per-thread
-    OpenMP setting, so the consumer's stays as it is).
+    ``threads``: intra-op threads of that thread (with OpenMP builds of PyTorch, the usual ones,
+    the count is a per-thread setting, so the consumer's stays as it is; threads started later
+    take the last count set, which is why loader threads set their own).
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -613,8 +618,8 @@ def evaluate(
     methods = _parse_list(methods, cam.METHODS, "explanation method")
     if spg_samples < 1:
         raise GridcamError(f"--spg-samples must be >= 1, got {spg_samples}")
-    if tolerance <= 0:
-        raise GridcamError(f"--tolerance must be > 0, got {tolerance}")
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise GridcamError(f"--tolerance must be a finite number > 0, got {tolerance}")
     if layer is None:
         from gridcam import models
 
@@ -696,7 +701,8 @@ def evaluate(
     threads0 = torch.get_num_threads()
     pipeline = device.type == "cpu" and threads0 <= _PIPELINE_MAX_THREADS
     if pipeline:
-        heavy = profile_model(model).macs > MODEL_BOUND_MACS_PER_PIXEL
+        prof = profile_model(model)
+        heavy = prof is not None and prof.macs > MODEL_BOUND_MACS_PER_PIXEL
         torch.set_num_threads(1)
         batches_in = _prefetch(batches_in, lambda x: _precompute(
             x, model, layer, methods, opts, device, seed), depth=1,
@@ -949,7 +955,9 @@ def _forward_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modu
     targets = targets.to(device)
     micro = B
     if device.type == "cpu" and B > 1:
-        micro = micro_batch_size(profile_model(model).activations, *images.shape[-2:])
+        prof = profile_model(model)
+        if prof is not None and prof.activations > 0:
+            micro = micro_batch_size(prof.activations, *images.shape[-2:])
     explained = {}
     for method in methods:
         mopts = dict(opts)
@@ -958,8 +966,10 @@ def _forward_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modu
             g = torch.Generator(device=device)
             g.manual_seed(spg_seed(seed + 1, int(items[0]["index"])))
             mopts["generator"] = g
-        parts = [_explain(method, model, layer, images[i:i + micro], targets[i:i + micro], mopts)
-                 for i in range(0, B, micro)]
+        # SmoothGrad draws its noise for the whole batch at once: split, it would draw other noise
+        m = B if "generator" in mopts else micro
+        parts = [_explain(method, model, layer, images[i:i + m], targets[i:i + m], mopts)
+                 for i in range(0, B, m)]
         explained[method] = (parts[0] if len(parts) == 1 else
                              (torch.cat([h for h, _ in parts]), torch.cat([lg for _, lg in parts])))
     return targets, counts, explained
@@ -977,16 +987,16 @@ class ModelProfile:
     macs: float
 
 
-#: model -> its profile (probed once per model and process)
-_PROFILES: "weakref.WeakKeyDictionary[nn.Module, ModelProfile]" = weakref.WeakKeyDictionary()
+#: model -> its profile, None if it could not be probed (probed once per model and process)
+_PROFILES: "weakref.WeakKeyDictionary[nn.Module, ModelProfile | None]" = weakref.WeakKeyDictionary()
 
 
-def profile_model(model: nn.Module, size: tuple[int, int] = (224, 224)) -> ModelProfile:
-    """:class:`ModelProfile` of ``model`` from one no-grad forward of a zero image of ``size``
-    (on the model's device and dtype); cached per model."""
-    cached = _PROFILES.get(model)
-    if cached is not None:
-        return cached
+def profile_model(model: nn.Module, size: tuple[int, int] = (224, 224)) -> ModelProfile | None:
+    """:class:`ModelProfile` of ``model`` from one no-grad, eval-mode forward of a zero image of
+    ``size`` (on the device and in the floating dtype of its parameters); cached per model. None
+    when the model cannot run such an input (it is then used without these optimisations)."""
+    if model in _PROFILES:
+        return _PROFILES[model]
     largest, macs = [0], [0]
 
     def hook(m: nn.Module, _inp: Any, out: Any) -> None:
@@ -999,16 +1009,23 @@ def profile_model(model: nn.Module, size: tuple[int, int] = (224, 224)) -> Model
         elif isinstance(m, nn.Linear):
             macs[0] += out.numel() * m.in_features
 
+    p0 = next((p for p in model.parameters() if p.is_floating_point()), None)
     handles = [m.register_forward_hook(hook) for m in model.modules() if not any(m.children())]
-    p0 = next(model.parameters())
+    training = model.training
+    prof: ModelProfile | None = None
     try:
+        model.eval()
         with torch.no_grad():
-            model(torch.zeros((1, 3, *size), dtype=p0.dtype, device=p0.device))
+            model(torch.zeros((1, 3, *size), dtype=p0.dtype if p0 is not None else torch.float32,
+                              device=p0.device if p0 is not None else None))
+        pixels = float(size[0] * size[1])
+        prof = ModelProfile(activations=largest[0] / pixels, macs=macs[0] / pixels)
+    except Exception:  # an input this model cannot take: no profile, no optimisation
+        prof = None
     finally:
         for h in handles:
             h.remove()
-    pixels = float(size[0] * size[1])
-    prof = ModelProfile(activations=largest[0] / pixels, macs=macs[0] / pixels)
+        model.train(training)
     _PROFILES[model] = prof
     return prof
 
@@ -1068,7 +1085,7 @@ def _score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: lis
                 masks = torch.stack([items[b]["masks"][t] for b, t in chunk]).to(device)
                 u = (torch.stack([uniforms[b][t] for b, t in chunk]).to(device)
                      if uniforms is not None else None)
-                s = M.score_pairs(big, masks, u, metrics=metrics, tolerance=sc.tolerance)
+                s = M.score_pairs(big, masks, uniforms=u, metrics=metrics, tolerance=sc.tolerance)
                 classes = targets[bi, ti]
                 valid = s.valid
                 counts_m.update(

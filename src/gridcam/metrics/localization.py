@@ -91,7 +91,8 @@ def _hit_window(window: np.ndarray, k: int) -> np.ndarray:
     R = math.isqrt(k)
     cap = R + 1
     # int16 holds every value below when (R+1)^2 + R^2 fits (R <= 125); halves the memory traffic
-    dt = np.int16 if cap * cap + R * R < 32000 else np.int32
+    dt = (np.int16 if cap * cap + R * R < 32000 else
+          np.int32 if cap * cap + R * R < 2**31 - 1 else np.int64)
     row = np.where(window, dt(0), dt(cap))
     s = 1
     while s <= R:  # afterwards row distances up to 2s - 1 are exact
@@ -103,7 +104,7 @@ def _hit_window(window: np.ndarray, k: int) -> np.ndarray:
     np.minimum(row, dt(cap), out=row)
     row2 = row * row
     d2 = row2.copy()
-    for dy in range(1, R + 1):
+    for dy in range(1, min(R, d2.shape[0] - 1) + 1):  # farther rows are outside the window
         dd = dt(dy * dy)
         np.minimum(d2[dy:], row2[:-dy] + dd, out=d2[dy:])
         np.minimum(d2[:-dy], row2[dy:] + dd, out=d2[:-dy])
@@ -162,10 +163,12 @@ def hit_points(masks: Tensor, points: Tensor, tolerance: float = 15.0) -> Tensor
         (P,S) bool, on ``masks``' device; equal to looking the points up in :func:`hit_region`.
 
     The disc of squared radius ``k`` around ``(y, x)`` is ``2R+1`` row segments
-    ``[x - w_dy, x + w_dy]`` (``w_dy = isqrt(k - dy**2)``, ``R = isqrt(k)``). With the per-row
-    running counts of the mask (one ``cumsum`` over the pair, int16), the number of mask pixels
-    on each segment is a difference of two lookups, so a test costs ``2(2R+1)`` gathers instead
-    of an (H,W) distance mesh, and nothing of size (H,W) is built per pair beyond the counts.
+    ``[x - w_dy, x + w_dy]`` (``w_dy = isqrt(k - dy**2)``, ``R = isqrt(k)``; both capped at the
+    image's size, which changes nothing and bounds memory for huge tolerances). With the per-row
+    running counts of the mask (one ``cumsum`` over the pair; int16 on CPU), the number of mask
+    pixels on each segment is a difference of two lookups, so a test costs ``2(2R+1)`` gathers
+    instead of an (H,W) distance mesh, and nothing of size (H,W) is built per pair beyond the
+    counts. Raises ValueError for a point outside ``[0, H*W)``.
     """
     if masks.dim() != 3 or points.dim() != 2 or points.shape[0] != masks.shape[0]:
         raise ValueError(f"masks must be (P,H,W) and points (P,S); got {tuple(masks.shape)} "
@@ -178,15 +181,18 @@ def hit_points(masks: Tensor, points: Tensor, tolerance: float = 15.0) -> Tensor
     dev = masks.device
     if k < 0 or P == 0 or S == 0:
         return torch.zeros((P, S), dtype=torch.bool, device=dev)
-    R = math.isqrt(k)
+    pts = points.to(dev, torch.long)
+    if bool(((pts < 0) | (pts >= H * W)).any()):
+        raise ValueError(f"points must be flat pixel indices in [0, {H * W}) for masks of "
+                         f"{H}x{W}")
+    R = min(math.isqrt(k), H - 1)  # rows farther than H-1 are outside the image anyway
     dy = torch.arange(-R, R + 1, device=dev)
-    half = torch.tensor([math.isqrt(k - d * d) for d in range(-R, R + 1)], device=dev)
+    half = torch.tensor([min(math.isqrt(k - d * d), W - 1) for d in range(-R, R + 1)], device=dev)
     # running count of mask pixels along each row (a row holds at most W < 2**15 in int16, which
     # halves the memory traffic on CPU; int32 elsewhere)
     small = dev.type == "cpu" and W < 2**15
     counts = torch.cumsum(masks, dim=2, dtype=torch.int16 if small else torch.int32)
     counts = counts.view(P, H * W)
-    pts = points.to(dev, torch.long)
     y, x = (pts // W)[..., None], (pts % W)[..., None]  # (P,S,1)
     rows = y + dy  # (P,S,2R+1)
     inside = (rows >= 0) & (rows < H)
@@ -242,8 +248,8 @@ class PairScores:
 def score_pairs(
     heat: Tensor,
     masks: Tensor,
-    uniforms: Tensor | None = None,
     *,
+    uniforms: Tensor | None = None,
     metrics: Iterable[str] = ("pg", "spg", "ch"),
     tolerance: float = 15.0,
 ) -> PairScores:
