@@ -182,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     # the whole set once; the reference sees (1, 3, h, w), one image of each size.
     evaluate(model, ds, batch_size=args.batch_size, workers=0,
              input_resize=args.input_resize, device=args.device)
-    first_of_size = list({tuple(size): i for i, size in reversed(list(enumerate(ds.sizes)))}.values())
-    reference(model, torch.utils.data.Subset(ds, first_of_size), args.classes)
+    first_of_size: dict[tuple[int, int], int] = {}
+    for i, size in enumerate(ds.sizes):
+        first_of_size.setdefault(tuple(size), i)
+    reference(model, torch.utils.data.Subset(ds, list(first_of_size.values())), args.classes)
 
     def timed_ours() -> tuple[dict, float]:
         _sync(args.device)
