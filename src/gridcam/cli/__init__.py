@@ -1,0 +1,47 @@
+"""The ``gridcam`` command: the only place with argparse, one module per command.
+
+Each command module declares its options in ``add_<name>(sub)`` and turns the parsed flags into the
+engine's typed configuration; nothing here computes anything. Heavy imports happen lazily inside
+the handlers so ``gridcam --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from gridcam.cli import demo, evaluate, misc, train
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gridcam",
+        description="Explainable models with consistent interpretations (Grad-CAM consistency).",
+    )
+    from gridcam import __version__
+
+    parser.add_argument("--version", action="version", version=f"gridcam {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (demo.add_demo, train.add_train, evaluate.add_evaluate, misc.add_synth,
+                misc.add_coco_negatives, misc.add_models, misc.add_selfcheck):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from gridcam.errors import GridcamError
+
+    try:
+        result = args.func(args)
+    except GridcamError as exc:
+        print(f"gridcam: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gridcam: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""``gridcam train imagenet|coco``: flags -> :class:`~gridcam.engine.train.TrainConfig` -> the training loop."""
+
+from __future__ import annotations
+
+import argparse
+
+from gridcam.cli.common import lazy as _lazy
+from gridcam.cli.common import DEFAULT_WORKERS as _DEFAULT_WORKERS
+from gridcam.recipes import recipe
+
+
+# ---------------------------------------------------------------------------------------- train
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train with the Grad-CAM consistency loss (or the baseline, --lambda 0)")
+    kinds = p.add_subparsers(dest="dataset", required=True)
+    for name in ("imagenet", "coco"):
+        k = kinds.add_parser(name, help=f"{name}-style data")
+        k.add_argument("data")
+        k.set_defaults(func=_lazy("gridcam.engine.train:main"))
+        _train_options(k, coco=(name == "coco"))
+
+
+def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
+    p.add_argument("-a", "--arch", default="resnet18", help="architecture (see `gridcam models`)")
+    p.add_argument("-b", "--batch-size", type=int, default=256,
+                   help="GLOBAL batch over all ranks (per rank: batch / world size)")
+    p.add_argument("-j", "--workers", type=int, default=_DEFAULT_WORKERS,
+                   help="data-loading processes per rank (default: min(4, CPU count))")
+    r = recipe("coco" if coco else "imagenet")
+    p.add_argument("--epochs", type=int, default=int(r["epochs"]))
+    p.add_argument("--lr", type=float, default=r["lr"])
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=r["wd"],
+                   help="weight decay (paper: 1e-4 ImageNet, 5e-4 COCO)")
+    p.add_argument("--lambda", dest="lam", type=float, default=r["lam"],
+                   help="weight of the Grad-CAM consistency loss; 0 = baseline (no composites)")
+    p.add_argument("--maxpool", action="store_true", help="global max pooling (GMP) instead of average")
+    p.add_argument("--resume", default=None,
+                   help="checkpoint to continue from exactly (model, optimizer, schedule, RNG); "
+                        "'auto' = the furthest one in --save-dir, if any")
+    p.add_argument("--save-dir", "--save_dir", dest="save_dir", default="runs/train")
+    p.add_argument("--seed", type=int, default=None,
+                   help="run seed (default: drawn once and stored in the checkpoints)")
+    p.add_argument("-e", "--evaluate", action="store_true",
+                   help="only validate the model (weights from --resume, --pretrained or --init)")
+    p.add_argument("--pretrained", default=None, help="weights file to start from (same classes)")
+    p.add_argument("--init", default=None,
+                   help="start from a checkpoint with its classifier dropped (ImageNet -> COCO)")
+    p.add_argument("--negatives", choices=["batch", "dataset"], default="batch",
+                   help="batch: composites from the current batch (no extra decoding); "
+                        "dataset: the paper's loader-side sampling (3 extra images per sample)")
+    p.add_argument("--detach-target", action="store_true",
+                   help="stop gradients through the target heatmap of the original image")
+    p.add_argument("--gradcam-variant", choices=["elementwise", "classic"], default="elementwise")
+    p.add_argument("--amp", action="store_true", help="autocast (bf16 where supported, else fp16) on CUDA")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--schedule", choices=["step", "cosine"], default="step",
+                   help="step: lr x0.1 at --lr-steps; cosine: cosine annealing over --epochs")
+    p.add_argument("--lr-steps", default=None,
+                   help="comma-separated epochs where the step schedule divides lr by 10 "
+                        f"(default: {'24,30' if coco else 'every 30 epochs'}, the paper's)")
+    p.add_argument("--print-freq", type=int, default=10, help="refresh the progress numbers every N steps")
+    p.add_argument("--image-size", type=int, default=224, help="training crop (composites are twice it)")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="BatchNorm uses its running statistics and does not update them (fine-tuning "
+                        "with small per-GPU batches)")
+    if coco:
+        p.add_argument("--train-split", default="train2014", help="image folder / annotation split")
+        p.add_argument("--val-split", default="val2014", help="image folder / annotation split")
+        p.add_argument("--coco-negatives", default=None,
+                       help="negatives index for --negatives dataset (default: "
+                            "DATA/annotations/negatives_<train-split>.json if present, else built in memory)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
