@@ -114,6 +114,20 @@ def test_consistency_loss_hand_computation():
     torch.testing.assert_close(u.grad, torch.sign(u.detach() - T) / 8)
 
 
+def test_consistency_loss_mean_over_several_valid_samples():
+    # three samples with per-sample L1 means 0.25, 0.5 and 1.0 (hand-computed below); a mask with
+    # two valid samples must average those two (a sum, or a mean over all B, gives another number)
+    T = torch.zeros(3, 2, 2)
+    u = torch.stack([torch.tensor([[1.0, 0.0], [0.0, 0.0]]),      # 1/4
+                     torch.tensor([[1.0, 1.0], [0.0, 0.0]]),      # 2/4
+                     torch.ones(2, 2)])                           # 4/4
+    assert grid.consistency_loss(u, T).item() == pytest.approx((0.25 + 0.5 + 1.0) / 3)
+    assert grid.consistency_loss(u, T, valid=torch.tensor([True, False, True])).item() == \
+        pytest.approx((0.25 + 1.0) / 2)
+    assert grid.consistency_loss(u, T, valid=torch.tensor([False, True, True])).item() == \
+        pytest.approx((0.5 + 1.0) / 2)
+
+
 def test_consistency_loss_no_valid_sample_is_zero_but_in_graph():
     u = torch.rand(3, 2, 2, requires_grad=True)
     loss = grid.consistency_loss(u, torch.zeros(3, 2, 2), valid=torch.zeros(3, dtype=torch.bool))
