@@ -132,7 +132,8 @@ def _photo(w, h, seed=0):
 def test_jpeg_draft_same_shapes_rng_and_nearly_same_pixels(tmp_path, monkeypatch):
     path = tmp_path / "big.jpg"
     _photo(512, 384).save(path, "JPEG", quality=92)
-    for tf in (T.eval_transform(96), T.coco_val_transform(64), T.train_transform(48)):
+    eval_tf = T.eval_transform(96)
+    for tf in (eval_tf, T.coco_val_transform(64), T.train_transform(48)):
         monkeypatch.setattr(T, "USE_DRAFT", True)
         torch.manual_seed(5)
         fast, size = load_transformed(path, tf)
@@ -145,6 +146,12 @@ def test_jpeg_draft_same_shapes_rng_and_nearly_same_pixels(tmp_path, monkeypatch
         assert fast.shape == exact.shape and torch.equal(after_fast, after_exact)
         diff = (T.denormalize(fast) - T.denormalize(exact)).abs()
         assert diff.mean() < 2.5 / 255 and diff.max() < 40 / 255
+        # the localisation eval transform never drafts (exact pixels for the metrics); the training
+        # crop and COCO's training-time val resize do, so their pixels differ slightly: the two
+        # paths really are different code
+        drafts = T.first_geometric(tf)[0] is not None
+        assert drafts == (tf is not eval_tf)
+        assert torch.equal(fast, exact) != drafts
     # the draft path really runs for the eval resize: 384 -> 96 is decoded at 1/4 scale
     assert T.draft_scale((0, 0, 512, 384), (128, 96)) == 4
     assert T.draft_scale((0, 0, 640, 480), (298, 224)) == 2
@@ -204,5 +211,8 @@ def test_eval_transform_never_drafts_but_training_may():
     from gridcam.data.transforms import eval_transform, first_geometric, train_transform
 
     assert first_geometric(eval_transform(224)) == (None, None)  # exact pixels for metrics
-    geo, rest = first_geometric(train_transform(224))
-    assert geo is not None and rest is not None
+    tf = train_transform(224)
+    geo, rest = first_geometric(tf)
+    # the crop is split off as the draft-capable step; the rest is flip, tensor, normalise
+    assert geo is tf.transforms[0] and type(geo).__name__ == "RandomResizedCrop"
+    assert rest is not None and rest.transforms == tf.transforms[1:] and len(rest.transforms) >= 2
