@@ -11,7 +11,7 @@ gridcam, so all-zero maps are skipped in both), its gradient taken as the paper'
 ``compute_gradcam`` takes it (``autograd.grad(..., retain_graph=True, create_graph=True)`` after a
 forward that records the whole network).
 
-Ours: ``gridcam.engine.evaluate.evaluate`` — one pass, batches of equal-size images, all metrics
+Ours: ``gridcam.evaluate`` — one pass, batches of equal-size images, all metrics
 from one heatmap, the trunk before the CAM layer run without autograd, hit tests from per-row
 running counts of the mask (``gridcam.metrics.hit_points``: two lookups per disc row instead of a
 mesh). With ``-j 0`` (the default on <= 2 CPUs) the loader runs in background threads, overlapping
@@ -54,7 +54,8 @@ from gridcam import cam, models
 from gridcam.data import synthetic
 from gridcam.data.imagenet import ImageNetValLoc
 from gridcam.data.transforms import eval_transform
-from gridcam.engine.evaluate import evaluate, spg_uniforms
+from gridcam.engine.evaluate import EvalConfig, evaluate
+from gridcam.engine.scoring import spg_uniforms
 
 
 def _mesh_hit(mask: torch.Tensor, y: int, x: int, tol: float) -> bool:
@@ -180,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     # selection and JIT per shape, allocator): one-time costs that a 50,000-image evaluation does
     # not feel. Ours sees (batch, 3, h, w) shapes, partial last batches included, so it warms up on
     # the whole set once; the reference sees (1, 3, h, w), one image of each size.
-    evaluate(model, ds, batch_size=args.batch_size, workers=0,
-             input_resize=args.input_resize, device=args.device)
+    config = EvalConfig(batch_size=args.batch_size, workers=args.workers,
+                        input_resize=args.input_resize, device=args.device)
+    evaluate(model, ds, config, workers=0)
     first_of_size: dict[tuple[int, int], int] = {}
     for i, size in enumerate(ds.sizes):
         first_of_size.setdefault(tuple(size), i)
@@ -190,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     def timed_ours() -> tuple[dict, float]:
         _sync(args.device)
         t0 = time.perf_counter()
-        res = evaluate(model, ds, batch_size=args.batch_size, workers=args.workers,
-                       input_resize=args.input_resize, device=args.device)
+        res = evaluate(model, ds, config)
         _sync(args.device)
         return res, time.perf_counter() - t0
 

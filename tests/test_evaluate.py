@@ -21,6 +21,8 @@ from gridcam.data.coco import CocoLoc
 from gridcam.data.imagenet import ImageNetValLoc
 from gridcam.data.transforms import eval_transform
 from gridcam.engine import evaluate as E
+from gridcam.engine import forward, pipeline
+from gridcam.engine.records import HEADER_KEY
 
 RESIZE = 96
 NUM_CLASSES = 4
@@ -74,7 +76,7 @@ def _scores(results: dict) -> dict:
 
 def _records(path: Path) -> list[dict]:
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    assert E._HEADER_KEY in lines[0]
+    assert HEADER_KEY in lines[0]
     return lines[1:]
 
 
@@ -170,36 +172,36 @@ def test_batched_equals_batch_size_one(imagenet_root, tmp_path) -> None:
     strip = lambda rs: _canon([{k: v for k, v in r.items() if k != "ch"} for r in rs])  # noqa: E731
     assert strip(_records(tmp_path / "b1.jsonl")) == strip(_records(tmp_path / "b5.jsonl"))
     # size bucketing: every batch has one transformed size
-    keys = E._transformed_keys(ds, RESIZE)
-    for batch in E.plan_batches(keys, range(len(ds)), 5):
+    keys = pipeline.transformed_keys(ds, RESIZE)
+    for batch in pipeline.plan_batches(keys, range(len(ds)), 5):
         assert len({keys[i] for i in batch}) == 1 and len(batch) <= 5
         assert {tuple(ds[i]["image"].shape[1:]) for i in batch} == {keys[batch[0]]}
 
 
 def test_cpu_micro_batches_give_the_same_numbers(imagenet_root, monkeypatch) -> None:
-    assert E.micro_batch_size(4.0, 224, 298) == 16  # tiny_resnet at 224 px: the whole batch
-    assert E.micro_batch_size(4.0, 448, 597) == 4
-    assert E.micro_batch_size(16.0, 448, 597) == 1  # resnet18 at 448 px: one image at a time
-    assert E.micro_batch_size(16.0, 10, 10, budget=3200) == 2
+    assert forward.micro_batch_size(4.0, 224, 298) == 16  # tiny_resnet at 224 px: the whole batch
+    assert forward.micro_batch_size(4.0, 448, 597) == 4
+    assert forward.micro_batch_size(16.0, 448, 597) == 1  # resnet18 at 448 px: one image at a time
+    assert forward.micro_batch_size(16.0, 10, 10, budget=3200) == 2
     model, ds = _model(double=True), _imagenet_ds(imagenet_root)
     # tiny_resnet's largest activation: the stem's 16 channels at half resolution
-    prof = E.profile_model(model, (40, 60))
+    prof = forward.profile_model(model, (40, 60))
     assert prof.activations == 16 * 20 * 30 / (40 * 60) == 4.0
-    assert prof.macs < E.MODEL_BOUND_MACS_PER_PIXEL  # a light model: one-thread model stage
-    r18 = E.profile_model(models.create("resnet18", num_classes=1000).eval())
-    assert r18.activations == 16.0 and r18.macs > E.MODEL_BOUND_MACS_PER_PIXEL
+    assert prof.macs < forward.MODEL_BOUND_MACS_PER_PIXEL  # a light model: one-thread model stage
+    r18 = forward.profile_model(models.create("resnet18", num_classes=1000).eval())
+    assert r18.activations == 16.0 and r18.macs > forward.MODEL_BOUND_MACS_PER_PIXEL
     assert r18.macs * 224 * 224 == pytest.approx(1.814e9, rel=0.01)  # torchvision: 1.81 GFLOPS
     kw = dict(batch_size=5, methods=["gradcam", "smoothgrad"], method_options={"samples": 2})
     whole = _run(model, ds, **kw)
     sizes: list[int] = []
-    explain = E._explain
+    explain = forward.explain
 
     def spy(method, model_, layer, images, targets, opts):
         sizes.append(images.shape[0])
         return explain(method, model_, layer, images, targets, opts)
 
-    monkeypatch.setattr(E, "_explain", spy)
-    monkeypatch.setattr(E, "CPU_ACTIVATION_BUDGET", 1)  # one image per forward
+    monkeypatch.setattr(forward, "explain", spy)
+    monkeypatch.setattr(forward, "CPU_ACTIVATION_BUDGET", 1)  # one image per forward
     single = _run(model, ds, **kw)
     # Grad-CAM one image per forward; SmoothGrad keeps its batches (its noise is drawn per batch)
     assert sizes.count(1) >= len(ds) and max(sizes) > 1
@@ -233,7 +235,7 @@ def test_resume_from_truncated_file_gives_same_results(imagenet_root, tmp_path) 
     full = _run(model, ds, batch_size=3, per_image=full_path, methods=["gradcam", "gradient"])
     lines = full_path.read_text().splitlines(keepends=True)
     # Interrupt inside a batch: after the 2nd image of a 3-image batch was written, mid-line.
-    batches = E.plan_batches(E._transformed_keys(ds, RESIZE), range(len(ds)), 3)
+    batches = pipeline.plan_batches(pipeline.transformed_keys(ds, RESIZE), range(len(ds)), 3)
     victim = [b for b in batches if len(b) == 3][1]
     cut = next(k for k, x in enumerate(lines) if json.loads(x).get("done")
                and json.loads(x)["index"] == victim[1]) + 1
@@ -365,13 +367,13 @@ def test_prefetch_thread_passes_errors_and_stops_early() -> None:
 
     got = []
     with pytest.raises(ValueError, match="worker failed"):
-        for x in E._prefetch(source(), lambda v: v * 10):
+        for x in pipeline.prefetch(source(), lambda v: v * 10):
             got.append(x)
     assert got == [0, 10, 20]
-    it = E._prefetch(iter(range(1000)), lambda v: v)
+    it = pipeline.prefetch(iter(range(1000)), lambda v: v)
     assert next(it) == 0
     it.close()  # returns promptly, the producer thread is told to stop
-    assert list(E._prefetch(iter([]), lambda v: v)) == []
+    assert list(pipeline.prefetch(iter([]), lambda v: v)) == []
 
 
 def test_torchrun_two_processes_equal_one_process(imagenet_root, checkpoint, tmp_path) -> None:

@@ -17,17 +17,11 @@ import torch.nn.functional as F
 
 from gridcam import grid, models
 from gridcam.engine import checkpoint as ckpt
-from gridcam.engine import steps
+from gridcam.engine import rng, steps
 from gridcam.engine.logging import EpochLog, jsonable
-from gridcam.engine.train import (
-    ResumableSampler,
-    SeededItems,
-    ShardSampler,
-    TrainConfig,
-    _lr_milestones,
-    _parse_steps,
-    derive_seed,
-)
+from gridcam.engine.rng import derive_seed
+from gridcam.engine.train_config import TrainConfig, lr_milestones, parse_lr_steps
+from gridcam.engine.train_data import ResumableSampler, SeededItems, ShardSampler
 from gridcam.errors import GridcamError
 
 
@@ -265,12 +259,12 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     np.random.seed(2)
     random.seed(3)
     np.random.normal()  # leaves a cached gaussian in numpy's state
-    ckpt.save({"rng": ckpt.rng_state()}, tmp_path / "r.pth.tar")
+    ckpt.save({"rng": rng.rng_state()}, tmp_path / "r.pth.tar")
     expected = (torch.rand(5), np.random.rand(5), [random.random() for _ in range(5)], np.random.normal())
     torch.manual_seed(99)
     np.random.seed(99)
     random.seed(99)
-    ckpt.set_rng_state(ckpt.load(tmp_path / "r.pth.tar")["rng"])
+    rng.set_rng_state(ckpt.load(tmp_path / "r.pth.tar")["rng"])
     got = (torch.rand(5), np.random.rand(5), [random.random() for _ in range(5)], np.random.normal())
     assert torch.equal(expected[0], got[0])
     assert np.array_equal(expected[1], got[1])
@@ -362,15 +356,15 @@ def test_shard_sampler_covers_every_index_once():
 
 
 def test_lr_milestones_and_parsing():
-    assert _lr_milestones(TrainConfig(epochs=90)) == [30, 60]
-    assert _lr_milestones(TrainConfig(epochs=100)) == [30, 60, 90]
-    assert _lr_milestones(TrainConfig.for_coco()) == [24, 30]
-    assert _lr_milestones(TrainConfig(lr_steps=(5, 8))) == [5, 8]
-    assert _parse_steps("24, 30") == (24, 30)
+    assert lr_milestones(TrainConfig(epochs=90)) == [30, 60]
+    assert lr_milestones(TrainConfig(epochs=100)) == [30, 60, 90]
+    assert lr_milestones(TrainConfig.for_coco()) == [24, 30]
+    assert lr_milestones(TrainConfig(lr_steps=(5, 8))) == [5, 8]
+    assert parse_lr_steps("24, 30") == (24, 30)
     with pytest.raises(GridcamError):
-        _parse_steps("30,20")
+        parse_lr_steps("30,20")
     with pytest.raises(GridcamError):
-        _parse_steps("a")
+        parse_lr_steps("a")
 
 
 def test_epoch_log_writes_valid_json_lines(tmp_path):

@@ -6,7 +6,6 @@ included) and prints what it checked. Exit status 0 when everything holds.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -41,12 +40,3 @@ def run(arch: str = "tiny_resnet", size: int = 64, batch: int = 4, classes: int 
         raise RuntimeError(f"selfcheck failed: ce={float(ce)} gc={float(gc)} grad_norm={grad_norm}")
     return {"ce": ce.item(), "gc": gc.item(), "grad_norm": grad_norm,
             "seconds": time.perf_counter() - t0}
-
-
-def main(args: argparse.Namespace) -> int:
-    out = run(arch=args.arch)
-    print(f"gridcam selfcheck ({args.arch}, torch {torch.__version__}, "
-          f"cuda {'yes' if torch.cuda.is_available() else 'no'}): one Grad-CAM consistency step, "
-          f"CE {out['ce']:.4f}, GC {out['gc']:.6f}, grad norm {out['grad_norm']:.4f}, "
-          f"{out['seconds']:.2f}s — OK")
-    return 0

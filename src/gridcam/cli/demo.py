@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from gridcam.cli.common import lazy as _lazy
 
 
 # ----------------------------------------------------------------------------------------- demo
@@ -17,4 +16,13 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda", dest="lam", type=float, default=10.0,
                    help="GC weight for the demo's 3x3 Grad-CAM maps (paper: 25 at 7x7)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_lazy("gridcam.engine.demo:main"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``gridcam demo``."""
+    from gridcam.engine import demo
+
+    demo.run(args.out, epochs=args.epochs, finetune_epochs=args.finetune_epochs, lam=args.lam,
+             seed=args.seed)
+    return 0

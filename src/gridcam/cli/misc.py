@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-
-from gridcam.cli.common import lazy as _lazy
+import time
+from pathlib import Path
 
 
 # --------------------------------------------------------------------------------------- models
 def add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the built-in architectures")
-    p.set_defaults(func=_lazy("gridcam.models:cli_list"))
+    p.set_defaults(func=list_models)
 
 
 # ------------------------------------------------------------------------------------ selfcheck
 def add_selfcheck(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("selfcheck", help="a few-second check that models, Grad-CAM and gridding work")
     p.add_argument("--arch", default="tiny_resnet")
-    p.set_defaults(func=_lazy("gridcam.selfcheck:main"))
+    p.set_defaults(func=selfcheck)
 
 
 # ---------------------------------------------------------------------------------------- synth
@@ -37,7 +37,7 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     im.add_argument("--seed", type=int, default=0)
     im.add_argument("--workers", type=int, default=None,
                     help="generator processes (default: 1 below 2000 images, else up to 8)")
-    im.set_defaults(func=_lazy("gridcam.data.synthetic:cli_imagenet"))
+    im.set_defaults(func=synth_imagenet)
     co = kinds.add_parser("coco", help="COCO layout: train2014/, val2014/, annotations/instances_*.json")
     co.add_argument("out")
     co.add_argument("--images-train", type=int, default=200)
@@ -51,7 +51,7 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     co.add_argument("--seed", type=int, default=0)
     co.add_argument("--workers", type=int, default=None,
                     help="generator processes (default: 1 below 2000 images, else up to 8)")
-    co.set_defaults(func=_lazy("gridcam.data.synthetic:cli_coco"))
+    co.set_defaults(func=synth_coco)
 
 
 # ------------------------------------------------------------------------------- coco-negatives
@@ -65,4 +65,80 @@ def add_coco_negatives(sub: argparse._SubParsersAction) -> None:
                    help="the instances JSON to read (default: DATA/annotations/instances_<split><year>.json)")
     p.add_argument("--output", default=None,
                    help="default: negatives_<split><year>.json beside the annotation file")
-    p.set_defaults(func=_lazy("gridcam.data.negatives:cli"))
+    p.set_defaults(func=coco_negatives)
+
+
+# ------------------------------------------------------------------------------------- handlers
+def list_models(args: argparse.Namespace) -> int:
+    """``gridcam models``: one line per architecture."""
+    from gridcam import models
+
+    for name in models.list_models():
+        print(f"{name:<12} {models.describe(name)}")
+    return 0
+
+
+def selfcheck(args: argparse.Namespace) -> int:
+    """``gridcam selfcheck``: one Grad-CAM consistency step, then one line saying what held."""
+    import torch
+
+    from gridcam import selfcheck as check
+
+    out = check.run(arch=args.arch)
+    print(f"gridcam selfcheck ({args.arch}, torch {torch.__version__}, "
+          f"cuda {'yes' if torch.cuda.is_available() else 'no'}): one Grad-CAM consistency step, "
+          f"CE {out['ce']:.4f}, GC {out['gc']:.6f}, grad norm {out['grad_norm']:.4f}, "
+          f"{out['seconds']:.2f}s — OK")
+    return 0
+
+
+def synth_imagenet(args: argparse.Namespace) -> int:
+    """``gridcam synth imagenet OUT ...``"""
+    from gridcam.data.synthetic import make_imagenet
+
+    t0 = time.time()
+    out = make_imagenet(args.out, classes=args.classes, train_per_class=args.train_per_class,
+                        val_per_class=args.val_per_class, image_size=args.image_size,
+                        spurious=args.spurious, seed=args.seed, workers=getattr(args, "workers", None),
+                        val_spurious=getattr(args, "val_spurious", None))
+    n = args.classes * (args.train_per_class + args.val_per_class)
+    print(f"wrote {n} images ({args.classes} classes) to {out} in {time.time() - t0:.1f}s: "
+          f"train/<wnid>/*.JPEG, val/*.JPEG + *.xml, LOC_val_solution.csv, LOC_synset_mapping.txt")
+    return 0
+
+
+def synth_coco(args: argparse.Namespace) -> int:
+    """``gridcam synth coco OUT ...``"""
+    from gridcam.data.synthetic import make_coco
+
+    t0 = time.time()
+    out = make_coco(args.out, images_train=args.images_train, images_val=args.images_val,
+                    categories=args.categories, image_size=args.image_size, spurious=args.spurious,
+                    seed=args.seed, workers=getattr(args, "workers", None),
+                    val_spurious=getattr(args, "val_spurious", None))
+    print(f"wrote {args.images_train + args.images_val} images ({args.categories} categories) to "
+          f"{out} in {time.time() - t0:.1f}s: train2014/, val2014/, annotations/instances_*2014.json")
+    return 0
+
+
+def coco_negatives(args: argparse.Namespace) -> int:
+    """``gridcam coco-negatives DATA [--split train|val] [--year 2014] [--output FILE]``."""
+    from gridcam.data.negatives import build_coco_negatives, load_coco_json, save_negatives
+
+    year = getattr(args, "year", "2014")
+    split = f"{args.split}{year}"
+    ann = Path(args.annotations) if getattr(args, "annotations", None) else \
+        Path(args.data) / "annotations" / f"instances_{split}.json"
+    out = Path(args.output) if args.output else ann.parent / f"negatives_{split}.json"
+    t0 = time.time()
+    data = load_coco_json(ann)
+    t1 = time.time()
+    index = build_coco_negatives(data)
+    t2 = time.time()
+    save_negatives(index, out)
+    n_img = len(data.get("images", []))
+    n_annotated = len({a["image_id"] for a in data.get("annotations", [])})
+    print(f"{ann}: {len(index)} categories, {n_annotated} annotated images "
+          f"({n_img - n_annotated} without annotations left out); index built in {t2 - t1:.2f}s "
+          f"(JSON read {t1 - t0:.1f}s); wrote {out}")
+    return 0

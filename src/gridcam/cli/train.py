@@ -1,12 +1,18 @@
-"""``gridcam train imagenet|coco``: flags -> :class:`~gridcam.engine.train.TrainConfig` -> the training loop."""
+"""``gridcam train imagenet|coco``: flags -> :class:`~gridcam.engine.train_config.TrainConfig` -> :func:`gridcam.train`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from dataclasses import fields
+from typing import TYPE_CHECKING
 
-from gridcam.cli.common import lazy as _lazy
 from gridcam.cli.common import DEFAULT_WORKERS as _DEFAULT_WORKERS
 from gridcam.recipes import recipe
+
+if TYPE_CHECKING:
+    from gridcam.engine.train_config import TrainConfig
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -16,7 +22,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     for name in ("imagenet", "coco"):
         k = kinds.add_parser(name, help=f"{name}-style data")
         k.add_argument("data")
-        k.set_defaults(func=_lazy("gridcam.engine.train:main"))
+        k.set_defaults(func=main)
         _train_options(k, coco=(name == "coco"))
 
 
@@ -71,3 +77,39 @@ def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
                        help="negatives index for --negatives dataset (default: "
                             "DATA/annotations/negatives_<train-split>.json if present, else built in memory)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+def config_from_args(args: argparse.Namespace) -> "TrainConfig":
+    """Map the parsed ``gridcam train imagenet|coco`` flags onto a :class:`TrainConfig`."""
+    from gridcam.engine.train_config import TrainConfig, parse_lr_steps
+
+    names = {f.name for f in fields(TrainConfig)} - {"step_callback"}
+    kw = {k: v for k, v in vars(args).items() if k in names}
+    kw["dataset"] = args.dataset
+    if kw.get("lr_steps") is not None and not isinstance(kw["lr_steps"], tuple):
+        kw["lr_steps"] = parse_lr_steps(kw["lr_steps"])
+    return TrainConfig(**kw)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``gridcam train imagenet|coco DATA ...``: exit 0 when done, 128+signal when interrupted
+    (a resumable ``last.pth.tar`` was written), 3 when the loss became non-finite."""
+    from gridcam.engine.logging import fmt
+    from gridcam.engine.train import NonFiniteLoss, TrainingInterrupted, train
+
+    config = config_from_args(args)
+    try:
+        summary = train(config)
+    except TrainingInterrupted as exc:
+        print(f"gridcam: {exc}", file=sys.stderr)
+        return 128 + int(exc.signum)
+    except NonFiniteLoss as exc:
+        print(f"gridcam: error: {exc}", file=sys.stderr)
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = summary.get("best_acc1")
+        if not config.evaluate:
+            print(f"gridcam: done: {summary['last_epoch']} epoch(s); best "
+                  f"{'F1 overall' if config.dataset == 'coco' else 'top-1'} {fmt(best)}; "
+                  f"checkpoints in {summary['save_dir']}", file=sys.stderr)
+    return 0

@@ -10,10 +10,8 @@ list (they are skipped for training).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,8 @@ import numpy as np
 from gridcam.errors import GridcamError
 
 
-def _load_json(source) -> dict:
+def load_coco_json(source) -> dict:
+    """The parsed COCO instances JSON of ``source`` (a path, a parsed dict, or a pycocotools COCO)."""
     if isinstance(source, dict):
         return source
     if hasattr(source, "dataset") and isinstance(source.dataset, dict):  # a pycocotools COCO
@@ -43,7 +42,7 @@ def build_coco_negatives(coco_json_path) -> dict[int, list[int]]:
     One pass: (image, category) pairs -> an images x categories presence matrix -> per category
     the annotated images whose column is False.
     """
-    data = _load_json(coco_json_path)
+    data = load_coco_json(coco_json_path)
     try:
         cats = np.array(sorted(int(c["id"]) for c in data["categories"]), dtype=np.int64)
         img_ids = np.array([int(im["id"]) for im in data["images"]], dtype=np.int64)
@@ -88,25 +87,4 @@ def load_negatives(path: str | os.PathLike) -> dict[int, list[int]]:
         raise GridcamError(f"{path}: not a negatives index ({exc})") from None
 
 
-def cli(args: argparse.Namespace) -> int:
-    """``gridcam coco-negatives DATA [--split train|val] [--year 2014] [--output FILE]``."""
-    year = getattr(args, "year", "2014")
-    split = f"{args.split}{year}"
-    ann = Path(args.annotations) if getattr(args, "annotations", None) else \
-        Path(args.data) / "annotations" / f"instances_{split}.json"
-    out = Path(args.output) if args.output else ann.parent / f"negatives_{split}.json"
-    t0 = time.time()
-    data = _load_json(ann)
-    t1 = time.time()
-    index = build_coco_negatives(data)
-    t2 = time.time()
-    save_negatives(index, out)
-    n_img = len(data.get("images", []))
-    n_annotated = len({a["image_id"] for a in data.get("annotations", [])})
-    print(f"{ann}: {len(index)} categories, {n_annotated} annotated images "
-          f"({n_img - n_annotated} without annotations left out); index built in {t2 - t1:.2f}s "
-          f"(JSON read {t1 - t0:.1f}s); wrote {out}")
-    return 0
-
-
-__all__ = ["build_coco_negatives", "save_negatives", "load_negatives", "cli"]
+__all__ = ["build_coco_negatives", "save_negatives", "load_negatives", "load_coco_json"]

@@ -26,7 +26,6 @@ written as they are made and the COCO JSON is streamed, so memory stays constant
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import json
 import math
@@ -597,32 +596,6 @@ def make_coco(out: str | os.PathLike, images_train: int = 200, images_val: int =
     return out
 
 
-# ----------------------------------------------------------------------------------------- CLI
-def cli_imagenet(args: argparse.Namespace) -> int:
-    """``gridcam synth imagenet OUT ...``"""
-    t0 = time.time()
-    out = make_imagenet(args.out, classes=args.classes, train_per_class=args.train_per_class,
-                        val_per_class=args.val_per_class, image_size=args.image_size,
-                        spurious=args.spurious, seed=args.seed, workers=getattr(args, "workers", None),
-                        val_spurious=getattr(args, "val_spurious", None))
-    n = args.classes * (args.train_per_class + args.val_per_class)
-    print(f"wrote {n} images ({args.classes} classes) to {out} in {time.time() - t0:.1f}s: "
-          f"train/<wnid>/*.JPEG, val/*.JPEG + *.xml, LOC_val_solution.csv, LOC_synset_mapping.txt")
-    return 0
-
-
-def cli_coco(args: argparse.Namespace) -> int:
-    """``gridcam synth coco OUT ...``"""
-    t0 = time.time()
-    out = make_coco(args.out, images_train=args.images_train, images_val=args.images_val,
-                    categories=args.categories, image_size=args.image_size, spurious=args.spurious,
-                    seed=args.seed, workers=getattr(args, "workers", None),
-                    val_spurious=getattr(args, "val_spurious", None))
-    print(f"wrote {args.images_train + args.images_val} images ({args.categories} categories) to "
-          f"{out} in {time.time() - t0:.1f}s: train2014/, val2014/, annotations/instances_*2014.json")
-    return 0
-
-
-__all__ = ["make_imagenet", "make_coco", "cli_imagenet", "cli_coco", "wnid", "class_name",
+__all__ = ["make_imagenet", "make_coco", "wnid", "class_name",
            "appearance", "cue_color", "coco_category_id", "image_id", "render_imagenet_image",
            "render_coco_image", "voc_xml", "SHAPES", "TEXTURES", "MAX_CLASSES"]

@@ -1,4 +1,5 @@
-"""Training checkpoint files: atomic writes, safe reads, RNG state as plain tensors/lists.
+"""Training checkpoints: the files (atomic writes, safe reads), what a run stores in them and how a
+run continues from one (``--resume``).
 
 A checkpoint is a dict (DESIGN.md, "Recipes") readable with ``torch.load(weights_only=True)``,
 i.e. only tensors and plain containers/numbers/strings, so loading one never runs code:
@@ -10,7 +11,7 @@ i.e. only tensors and plain containers/numbers/strings, so loading one never run
 ``best_acc1``    best validation score so far (ImageNet top-1 %, COCO overall F1 %)
 ``optimizer``, ``scheduler``, ``scaler`` (None without fp16 AMP)
 ``rng``          ``{"world_size": W, "ranks": [state of rank 0, ...]}``, each state
-                 ``{"torch", "cuda", "numpy", "python"}`` (see :func:`rng_state`)
+                 ``{"torch", "cuda", "numpy", "python"}`` (see :mod:`gridcam.engine.rng`)
 ``args``         the training configuration as plain types; ``seed``; ``dataset``; ``classes``
 ``metrics``      the last validation metrics
 
@@ -24,19 +25,27 @@ or a kill never leaves a truncated checkpoint behind.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-import random
 import shutil
+import sys
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Any, Iterator, Mapping
 
-import numpy as np
 import torch
 
+from gridcam import models
+from gridcam.engine import distributed as du
+from gridcam.engine.rng import gather_rng
 from gridcam.errors import GridcamError
 from gridcam.models.checkpoint import safe_load
+
+if TYPE_CHECKING:
+    from gridcam.engine.train_config import TrainConfig
+    from gridcam.engine.train_setup import Run
 
 __all__ = [
     "BEST_NAME",
@@ -45,11 +54,14 @@ __all__ = [
     "copy_atomic",
     "find_latest",
     "load",
-    "rng_state",
     "save",
     "scheduler_state",
     "load_scheduler_state",
-    "set_rng_state",
+    "open_resume",
+    "restore_training",
+    "run_seed",
+    "run_state",
+    "save_run",
 ]
 
 BEST_NAME = "model_best.pth.tar"
@@ -146,49 +158,6 @@ def find_latest(save_dir: str | Path) -> Path | None:
     return max(candidates, key=lambda c: c[0])[1]
 
 
-# ------------------------------------------------------------------------------ RNG states
-def rng_state() -> dict[str, Any]:
-    """This process's RNG states as tensors and plain lists (``weights_only``-loadable).
-
-    ``torch``: CPU generator (uint8 tensor); ``cuda``: the current CUDA device's generator or
-    None; ``numpy``: the legacy global MT19937 state; ``python``: ``random.getstate()`` as lists.
-    """
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
-        "numpy": {
-            "name": str(np_name),
-            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "cached_gaussian": float(np_gauss),
-        },
-        "python": [int(py_version), [int(v) for v in py_state], py_gauss],
-    }
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned (entries that are absent or None are skipped)."""
-    if state.get("torch") is not None:
-        torch.set_rng_state(state["torch"].to(torch.uint8))
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"].to(torch.uint8))
-    npst = state.get("numpy")
-    if npst is not None:
-        np.random.set_state((
-            npst["name"],
-            npst["keys"].numpy().astype(np.uint32),
-            int(npst["pos"]),
-            int(npst["has_gauss"]),
-            float(npst["cached_gaussian"]),
-        ))
-    py = state.get("python")
-    if py is not None:
-        random.setstate((int(py[0]), tuple(int(v) for v in py[1]), py[2]))
-
-
 # ------------------------------------------------------------------------ scheduler state
 def scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
     """``scheduler.state_dict()`` with ``collections.Counter`` (MultiStepLR's milestones) turned
@@ -207,3 +176,98 @@ def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler,
     if isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR) and isinstance(sd.get("milestones"), dict):
         sd["milestones"] = Counter({int(k): int(v) for k, v in sd["milestones"].items()})
     scheduler.load_state_dict(sd)
+
+
+# ------------------------------------------------------------------------- a run's state
+def run_state(r: "Run", epoch: int, step: int, rng: dict[str, Any],
+              metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint dict of run ``r`` after ``epoch`` epochs and ``step`` more steps (module doc)."""
+    return {
+        **r.meta,
+        "epoch": epoch,
+        "step": step,
+        "state_dict": models.unwrap(r.model).state_dict(),
+        "best_acc1": r.best if r.best != -math.inf else None,
+        "optimizer": r.optimizer.state_dict(),
+        "scheduler": scheduler_state(r.scheduler),
+        "scaler": r.scaler.state_dict() if r.scaler is not None else None,
+        "rng": rng,
+        "args": r.c.plain(),
+        "metrics": metrics,
+    }
+
+
+def save_run(r: "Run", path: Path, epoch: int, step: int, metrics: dict[str, Any] | None) -> None:
+    """Gather every rank's RNG state (a collective: all ranks call this), then rank 0 writes the
+    checkpoint of ``r`` to ``path``."""
+    rng = gather_rng()
+    if r.info.is_main:
+        save(run_state(r, epoch, step, rng, metrics), path)
+
+
+def open_resume(c: "TrainConfig", save_dir: Path, rank0: bool) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint ``c.resume`` names (``"auto"``: :func:`find_latest` in ``save_dir``, agreed
+    by all ranks) and its contents; ``(None, None)`` for a fresh run."""
+    resume = c.resume
+    if resume == "auto":
+        found = find_latest(save_dir) if rank0 else None
+        resume = du.broadcast_object(str(found) if found else None)  # type: ignore[assignment]
+        if rank0:
+            print(f"gridcam: --resume auto: {'continuing from ' + resume if resume else 'nothing to resume, starting fresh'}",
+                  file=sys.stderr)
+    if not resume:
+        return None, None
+    state = load(resume)
+    for key in ("state_dict", "epoch"):
+        if key not in state:
+            raise GridcamError(f"{resume}: not a gridcam/paper training checkpoint (no {key!r})")
+    if state.get("arch") not in (None, c.arch):
+        raise GridcamError(f"{resume} was trained with -a {state['arch']}, not -a {c.arch}")
+    return resume, state
+
+
+def run_seed(c: "TrainConfig", state: Mapping[str, Any] | None, rank0: bool) -> int:
+    """The run seed: a resumed run keeps its own, else ``c.seed``, else one drawn once (the same
+    on every rank)."""
+    seed = c.seed
+    if state is not None and state.get("seed") is not None and not c.evaluate:
+        if seed is not None and seed != state["seed"] and rank0:
+            warnings.warn(f"--seed {seed} ignored: resuming the run's own seed {state['seed']}", stacklevel=3)
+        seed = int(state["seed"])
+    if seed is None:
+        seed = int(du.broadcast_object(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1)))
+    return seed
+
+
+def restore_training(state: Mapping[str, Any], c: "TrainConfig", resume: str,
+                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any) -> tuple[int, int, float]:
+    """Put the optimizer, schedule and AMP scaler back as ``state`` saved them; returns
+    ``(start_epoch, start_step, best)`` for the loop."""
+    start_epoch = int(state["epoch"])
+    start_step = int(state.get("step", 0))
+    saved_batch = (state.get("args") or {}).get("batch_size")
+    if start_step and saved_batch is not None and int(saved_batch) != c.batch_size:
+        # the steps already done are counted in global batches of the interrupted run
+        raise GridcamError(f"{resume} was written in the middle of an epoch with --batch-size "
+                           f"{saved_batch}; resume it with the same global batch size")
+    best = -math.inf if state.get("best_acc1") is None else float(state["best_acc1"])
+    if state.get("scheduler"):
+        if state.get("optimizer"):
+            optimizer.load_state_dict(state["optimizer"])
+        load_scheduler_state(scheduler, state["scheduler"])
+    else:
+        # The paper's checkpoints have no scheduler: replay it to the saved epoch on the fresh
+        # optimizer, then keep the replayed learning rate over the one stored with the
+        # optimizer state (replaying on top of that would decay it twice).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+            for _ in range(start_epoch):
+                scheduler.step()
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        if state.get("optimizer"):
+            optimizer.load_state_dict(state["optimizer"])
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return start_epoch, start_step, best

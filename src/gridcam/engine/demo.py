@@ -20,7 +20,6 @@ from 70 % to 38 %).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -33,7 +32,8 @@ from gridcam.data import synthetic
 from gridcam.data.transforms import eval_transform
 from gridcam.engine import train as train_engine
 from gridcam.engine.checkpoint import checkpoint_name
-from gridcam.engine.evaluate import evaluate, format_table
+from gridcam.engine.evaluate import evaluate
+from gridcam.engine.tables import format_table
 from gridcam.report import overlay, save_overlay_grid, write_report
 
 METHODS = ("gradcam", "gradient", "input_x_gradient")
@@ -135,8 +135,3 @@ def _overlay_sheet(root: Path, checkpoints: dict[str, Path], path: Path, n: int 
             row.append(overlay(image, cam.upsample(heat[:, 0], item["size"])[0], boxes=box))
         rows.append(row)
     return save_overlay_grid(rows, path, labels=["image", *nets])
-
-
-def main(args: argparse.Namespace) -> int:
-    run(args.out, epochs=args.epochs, finetune_epochs=args.finetune_epochs, lam=args.lam, seed=args.seed)
-    return 0

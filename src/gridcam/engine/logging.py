@@ -6,6 +6,7 @@
   ``tensorboard`` package import (optional dependency: ``pip install gridcam[tensorboard]``).
 * A tqdm bar on rank 0 with the running losses and images/s; when stderr is not a terminal (batch
   jobs, log files) a plain line every ``print_freq`` steps instead of carriage-return updates.
+* One line per epoch (and per validation) on stderr: :func:`print_epoch`, :func:`format_val`.
 Only rank 0 writes anything; the other ranks get no-op objects.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-__all__ = ["EpochLog", "Progress", "jsonable"]
+__all__ = ["EpochLog", "Progress", "fmt", "format_val", "jsonable", "print_epoch", "print_skipped"]
 
 
 def jsonable(obj: Any) -> Any:
@@ -158,3 +159,41 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+# ------------------------------------------------------------------------- epoch lines
+def fmt(v: Any) -> str:
+    """A metric for humans: ``n/a`` for None, two decimals for floats."""
+    return "n/a" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+
+def format_val(m: Mapping[str, Any], multi_label: bool) -> str:
+    """One line of validation metrics (top-1/top-5, or F1/precision/recall for multi-label)."""
+    if multi_label:
+        return (f"val: F1 overall {fmt(m.get('f1_overall'))}  per-class {fmt(m.get('f1_per_class'))}  "
+                f"P/R overall {fmt(m.get('precision_overall'))}/{fmt(m.get('recall_overall'))}  "
+                f"per-class {fmt(m.get('precision_per_class'))}/{fmt(m.get('recall_per_class'))}  "
+                f"loss {fmt(m.get('loss'))}  ({m.get('images')} images)")
+    return (f"val: top-1 {fmt(m.get('top1'))}  top-5 {fmt(m.get('top5'))}  loss {fmt(m.get('loss'))}  "
+            f"({m.get('images')} images)")
+
+
+def print_epoch(record: Mapping[str, Any], multi_label: bool) -> None:
+    """The line of a finished epoch (its ``train_log.jsonl`` record) on stderr."""
+    t = record["train"]
+    parts = [f"epoch {record['epoch']}: lr {record['lr']:.4g}", f"train loss {fmt(t['loss'])}",
+             f"cls {fmt(t['cls_loss'])}"]
+    if t.get("gc_loss") is not None:
+        parts.append(f"gc {t['gc_loss']:.4g}")
+    parts.append(f"{fmt(t['img_per_s'])} img/s")
+    line = "  ".join(parts)
+    if record["val"] is not None:
+        line += "  |  " + format_val(record["val"], multi_label)
+    print(line + ("  *best*" if record["is_best"] and record["val"] is not None else ""), file=sys.stderr)
+
+
+def print_skipped(epoch: int, count: int, names: list[str]) -> None:
+    """Name (up to 20 of) the unreadable training images an epoch skipped (0-based ``epoch``)."""
+    shown = "\n  ".join(names[:20]) + (f"\n  ... and {len(names) - 20} more" if len(names) > 20 else "")
+    print(f"gridcam: epoch {epoch + 1}: {count} unreadable training image(s) skipped:\n  {shown}",
+          file=sys.stderr)

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from gridcam.models.checkpoint import (
     checkpoint_num_classes,
     create_from_checkpoint,
@@ -32,10 +30,3 @@ __all__ = [
     "describe", "guess_arch", "list_models", "load_checkpoint", "load_state_dict",
     "read_checkpoint", "register", "unwrap",
 ]
-
-
-def cli_list(args: argparse.Namespace) -> int:
-    """``gridcam models``: one line per architecture."""
-    for name in list_models():
-        print(f"{name:<12} {describe(name)}")
-    return 0

@@ -1,0 +1,213 @@
+"""One training epoch: batches to the device, one Grad-CAM consistency step each, running numbers.
+
+:func:`run_epoch` is the inner loop of :mod:`gridcam.engine.train`. Per batch: move it to the
+device (a rank whose batch had no readable image repeats its last batch with zero weight, so every
+DDP rank still runs the backward), seed the step's in-batch negatives/quadrants by (seed, epoch,
+step, rank), :func:`gridcam.engine.steps.gc_step`, backward, one host sync in which all ranks agree
+on "the loss is not finite" and "a stop signal arrived", then the optimizer step. A stop signal
+ends the epoch with a resumable ``last.pth.tar``.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from gridcam.engine import checkpoint as ckpt
+from gridcam.engine import distributed as du
+from gridcam.engine.logging import Progress, print_skipped
+from gridcam.engine.rng import derive_seed
+from gridcam.engine.steps import StepResult, gc_step
+from gridcam.engine.stopping import NonFiniteLoss, StopFlag, StopRequested, TrainingInterrupted
+from gridcam.engine.train_config import StepInfo
+from gridcam.engine.train_setup import Run
+from gridcam.errors import GridcamError
+
+__all__ = ["run_epoch"]
+
+#: A batch on the device: images, targets, cam classes, quadrants, negatives (the last three None
+#: unless batches carry loader-side negatives).
+Batch = tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]
+
+
+def run_epoch(r: Run, loader: DataLoader, epoch: int, step0: int, stop: StopFlag,
+              gen: torch.Generator) -> dict[str, Any]:
+    """Train ``r`` for the rest of ``epoch`` (0-based), from step ``step0``; returns the epoch's
+    training stats (summed over ranks). Raises TrainingInterrupted (after writing
+    ``last.pth.tar``) when ``stop`` was raised, NonFiniteLoss when the loss is not finite."""
+    c, info, device = r.c, r.info, r.info.device
+    r.model.train()
+    if c.freeze_bn:
+        _set_bn_eval(r.model)
+    steps = len(loader) + step0
+    progress = Progress(loader, total=steps, desc=f"epoch {epoch + 1}/{c.epochs}",
+                        enabled=info.is_main, print_freq=c.print_freq, bar=c.progress_bar,
+                        initial=step0)
+    # device-side running sums: loss*B, cls*B, gc*n_gc, n_gc, samples, top-1 correct
+    meter = torch.zeros(6, dtype=torch.float64, device=device)
+    skipped, reasons_all = 0, []
+    last_batch: Batch | None = None
+    t0 = time.perf_counter()
+    step = step0 - 1
+    try:
+        for step, (batch, reasons) in enumerate(progress, start=step0):
+            skipped += int(batch[-1])
+            reasons_all.extend(reasons)
+            tensors = _unpack(batch, r.grid_batches)
+            dummy = tensors[0].shape[0] == 0
+            if dummy:
+                # every image of this rank's batch was unreadable. Alone: skip the step. Under
+                # DDP every rank must run the backward (gradient all-reduce): repeat the last
+                # batch with zero weight.
+                if not info.distributed:
+                    continue
+                if last_batch is None:
+                    raise GridcamError("the first batch of a rank had no readable image")
+                tensors = last_batch
+            tensors = last_batch = _to_device(tensors, device, c.channels_last)
+            gen.manual_seed(derive_seed(r.seed, "step", epoch, step, info.rank))
+            out, vals, stopping = _optimize(r, tensors, dummy, stop, gen, epoch, step)
+            if not dummy:
+                meter += _batch_sums(out, vals, tensors[1], r.multi_label, device)
+            if progress.due(step):
+                progress.show(step, _running(meter, c.lam, info.world_size, t0))
+            if c.step_callback is not None:
+                c.step_callback(StepInfo(epoch, step, steps, *vals.tolist(), r.model, r.optimizer))
+            if stopping:
+                raise StopRequested(step + 1)
+    except StopRequested as s:
+        progress.close()
+        path = _save_last(r, epoch, s.steps_done)
+        raise TrainingInterrupted(stop.signum or signal.SIGTERM, path, epoch, s.steps_done) from None
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - t0
+    return _epoch_stats(r, meter, skipped, reasons_all, step + 1 - step0, seconds, epoch)
+
+
+def _set_bn_eval(model: nn.Module) -> None:
+    """Keep BatchNorm on its running statistics (``--freeze-bn``): no batch statistics, no
+    running-stat updates; the affine weights still train."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _unpack(batch: tuple, grid_batches: bool) -> Batch:
+    """A collated batch (``collate_grid`` or ``collate_skip``) as :data:`Batch`, still on the host."""
+    if grid_batches:
+        imgs, targets, cam_classes, quadrants, _ = batch
+        return imgs[:, 0], targets, cam_classes, quadrants, imgs[:, 1:]
+    images, targets, _ = batch
+    return images, targets, None, None, None
+
+
+def _to_device(b: Batch, device: torch.device, channels_last: bool) -> Batch:
+    images, targets, cam_classes, quadrants, negatives = b
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    targets = targets.to(device, non_blocking=True)
+    if negatives is not None:
+        assert cam_classes is not None and quadrants is not None
+        negatives = negatives.to(device, non_blocking=True)
+        cam_classes = cam_classes.to(device, non_blocking=True)
+        quadrants = quadrants.to(device, non_blocking=True)
+    return images, targets, cam_classes, quadrants, negatives
+
+
+def _optimize(r: Run, b: Batch, dummy: bool, stop: StopFlag, gen: torch.Generator, epoch: int,
+              step: int) -> tuple[StepResult, Tensor, bool]:
+    """Loss, backward, the ranks' agreement, optimizer step. Returns the step's result, its
+    ``[loss, cls_loss, gc_loss]`` and whether all ranks stop after it."""
+    c = r.c
+    images, targets, cam_classes, quadrants, negatives = b
+    out = gc_step(r.net, r.layer, images, targets, cam_classes, c.lam, r.multi_label,
+                  negatives=negatives, quadrants=quadrants, generator=gen,
+                  detach_target=c.detach_target, variant=c.gradcam_variant,
+                  autocast=r.autocast, channels_last=c.channels_last)
+    loss = out.loss * 0.0 if dummy else out.loss
+    r.optimizer.zero_grad(set_to_none=True)
+    if r.scaler is not None:
+        r.scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    # One host sync per step: every rank agrees on "some loss is not finite" and
+    # "a stop signal arrived" before anyone updates the weights.
+    vals = torch.stack([out.loss.detach().float(), out.cls_loss, out.gc_loss])
+    flags = torch.stack([(~torch.isfinite(vals)).any().float(),
+                         torch.full((), float(stop.signum is not None), device=r.info.device)])
+    bad, stopping = du.all_reduce_sum(flags).tolist()
+    if bad:
+        values = dict(zip(("loss", "cls_loss", "gc_loss"), vals.tolist()))
+        raise NonFiniteLoss(epoch, step, values, r.last_saved)
+    if r.scaler is not None:
+        r.scaler.step(r.optimizer)
+        r.scaler.update()
+    else:
+        r.optimizer.step()
+    return out, vals, bool(stopping)
+
+
+def _batch_sums(out: StepResult, vals: Tensor, targets: Tensor, multi_label: bool,
+                device: torch.device) -> Tensor:
+    """This batch's contribution to the epoch meter (see :func:`run_epoch`)."""
+    B = targets.shape[0]
+    correct = (out.logits.argmax(1) == targets).sum() if not multi_label else 0
+    return torch.stack([
+        vals[0].double() * B, vals[1].double() * B,
+        vals[2].double() * out.gc_samples, out.gc_samples.double(),
+        torch.tensor(float(B), dtype=torch.float64, device=device),
+        torch.as_tensor(correct, dtype=torch.float64, device=device)])
+
+
+def _running(meter: Tensor, lam: float, world_size: int, t0: float) -> dict[str, Any]:
+    """The progress numbers so far: mean losses and images/s over all ranks."""
+    m = meter.tolist()
+    n = max(m[4], 1.0)
+    shown: dict[str, Any] = {"loss": m[0] / n, "cls": m[1] / n}
+    if lam:
+        shown["gc"] = m[2] / max(m[3], 1.0)
+    shown["img/s"] = f"{m[4] * world_size / (time.perf_counter() - t0):.1f}"
+    return shown
+
+
+def _epoch_stats(r: Run, meter: Tensor, skipped: int, reasons: list[str], steps: int, seconds: float,
+                 epoch: int) -> dict[str, Any]:
+    """The epoch's training stats summed over ranks (a collective); names skipped images on rank 0."""
+    device = r.info.device
+    sums = du.all_reduce_sum(torch.cat([meter, torch.tensor([float(skipped)], dtype=torch.float64, device=device)]))
+    m = sums.tolist()
+    names = [n for rank_reasons in du.all_gather_object(reasons) for n in rank_reasons]  # type: ignore[union-attr]
+    n = m[4]
+    stats: dict[str, Any] = {
+        "loss": m[0] / n if n else None,
+        "cls_loss": m[1] / n if n else None,
+        "gc_loss": (m[2] / m[3] if m[3] else 0.0) if r.c.lam else None,
+        "gc_samples": int(m[3]),
+        "samples": int(n),
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "img_per_s": round(n / seconds, 2) if seconds > 0 else None,
+        "skipped_images": int(m[6]),
+        "skipped": names,
+    }
+    if not r.multi_label:
+        stats["acc1"] = 100.0 * m[5] / n if n else None
+    if r.info.is_main and names:
+        print_skipped(epoch, int(m[6]), names)
+    return stats
+
+
+def _save_last(r: Run, epoch: int, steps_done: int) -> Path:
+    """Write the resumable ``last.pth.tar`` of an epoch stopped after ``steps_done`` steps."""
+    path = r.save_dir / ckpt.LAST_NAME
+    ckpt.save_run(r, path, epoch, steps_done, None)
+    du.barrier()
+    return path

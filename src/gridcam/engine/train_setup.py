@@ -1,0 +1,139 @@
+"""Setting a training run up: everything the loop needs, built in the order that fixes the run.
+
+:func:`set_up` reads the checkpoint to resume first (it fixes the run seed), then builds the data
+loaders, the model (its random init too comes from the run seed), the optimizer, the learning-rate
+schedule and AMP, and puts a resumed run's optimizer/schedule back. The result is one
+:class:`Run`, which the loop (:mod:`gridcam.engine.train`) and one epoch
+(:mod:`gridcam.engine.train_epoch`) read.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gridcam import __version__, models
+from gridcam.engine import checkpoint as ckpt
+from gridcam.engine import distributed as du
+from gridcam.engine.rng import derive_seed
+from gridcam.engine.steps import amp_setup
+from gridcam.engine.train_config import TrainConfig, make_scheduler
+from gridcam.engine.train_data import Datasets, Loaders, build_datasets, build_loaders
+from gridcam.errors import GridcamError
+
+__all__ = ["Run", "set_up"]
+
+
+@dataclass
+class Run:
+    """A training run, set up. ``model`` is the bare module (checkpoints, validation, CAM layer);
+    ``net`` is what the steps call (DDP-wrapped under ``torchrun``). The loop updates ``best``
+    (best validation score so far, -inf before any) and ``last_saved`` (the last checkpoint
+    written or resumed from). ``state``: the resumed checkpoint, None for a fresh run."""
+
+    c: TrainConfig
+    info: du.DistInfo
+    save_dir: Path
+    per_rank: int
+    seed: int
+    resume: str | None
+    state: dict[str, Any] | None
+    ds: Datasets
+    loaders: Loaders
+    model: nn.Module
+    net: nn.Module
+    layer: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: Any
+    autocast: Callable[[], Any]
+    meta: dict[str, Any]
+    start_epoch: int = 0
+    start_step: int = 0
+    best: float = -math.inf
+    last_saved: Path | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.ds.multi_label
+
+    @property
+    def grid_batches(self) -> bool:
+        """Batches carry loader-side negatives (``--negatives dataset`` with λ > 0)."""
+        return self.c.negatives == "dataset" and self.c.lam > 0
+
+
+def set_up(c: TrainConfig, info: du.DistInfo) -> Run:
+    """Build the :class:`Run` of ``c`` on this rank (see the module docstring for the order)."""
+    rank0 = info.is_main
+    if c.batch_size % info.world_size:
+        raise GridcamError(f"--batch-size {c.batch_size} (global) is not divisible by the world size "
+                           f"{info.world_size}")
+    per_rank = c.batch_size // info.world_size
+    save_dir = Path(c.save_dir)
+    if rank0:
+        save_dir.mkdir(parents=True, exist_ok=True)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    resume, state = ckpt.open_resume(c, save_dir, rank0)
+    seed = ckpt.run_seed(c, state, rank0)
+    ds = build_datasets(c, rank0)
+    loaders = build_loaders(c, ds, seed, info, per_rank)
+    model, net, layer = _build_model(c, ds, info, seed, resume, state)
+    optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.wd)
+    scheduler = make_scheduler(c, optimizer)
+    autocast, scaler = amp_setup(info.device, c.amp)
+    if c.amp and info.device.type != "cuda" and rank0:
+        warnings.warn("--amp applies to CUDA only; training in float32", stacklevel=3)
+    meta = {
+        "arch": c.arch, "num_classes": ds.num_classes, "pooling": "max" if c.maxpool else "avg",
+        "dataset": c.dataset, "classes": ds.classes, "category_ids": ds.category_ids,
+        "seed": seed, "gridcam_version": __version__,
+    }
+    run = Run(c, info, save_dir, per_rank, seed, resume, state, ds, loaders, model, net, layer,
+              optimizer, scheduler, scaler, autocast, meta, last_saved=Path(resume) if resume else None)
+    if state is not None and not c.evaluate:
+        assert resume is not None
+        run.start_epoch, run.start_step, run.best = ckpt.restore_training(
+            state, c, resume, optimizer, scheduler, scaler)
+    return run
+
+
+def _build_model(c: TrainConfig, ds: Datasets, info: du.DistInfo, seed: int, resume: str | None,
+                 state: dict[str, Any] | None) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """``(model, net, cam layer)``: initialised from the run seed, then the weights of
+    ``--pretrained``/``--init``/the resumed checkpoint; ``net`` wraps it in DDP under torchrun."""
+    device = info.device
+    torch.manual_seed(derive_seed(seed, "init"))
+    model = models.create(c.arch, num_classes=ds.num_classes, pooling="max" if c.maxpool else "avg")
+    if c.pretrained:
+        models.load_checkpoint(model, c.pretrained)
+    if c.init:
+        models.load_checkpoint(model, c.init, drop_classifier=True)
+    if state is not None:
+        # DataParallel/DDP checkpoints (the paper's) prefix keys with "module."
+        clean = {".".join(p for p in k.split(".") if p != "module"): v
+                 for k, v in state["state_dict"].items() if isinstance(v, torch.Tensor)}
+        models.load_state_dict(model, clean, source=str(resume))
+    model.to(device)
+    if c.channels_last:
+        model.to(memory_format=torch.channels_last)
+    layer = models.cam_layer(model)
+    net: nn.Module = model
+    if info.distributed:
+        # A GC step runs two forwards before one backward. DDP re-broadcasts buffers in place at
+        # every forward; with --freeze-bn the BatchNorm running statistics are saved for the
+        # first forward's backward, so that broadcast would invalidate them. Frozen statistics
+        # never change (and start equal on every rank), so there is nothing to broadcast then.
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=False, broadcast_buffers=not c.freeze_bn)
+    return model, net, layer
