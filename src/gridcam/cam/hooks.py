@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Captured", "capture"]
+from gridcam.cam.reshape import Reshape, parse_reshape
+from gridcam.errors import GridcamError
+
+__all__ = ["RESHAPE_ATTR", "Captured", "capture"]
+
+#: Attribute under which :func:`gridcam.models.build` records a layer's reshape rule, so that a
+#: plain ``capture(layer)`` (training, evaluation) applies it without being told.
+RESHAPE_ATTR = "_gridcam_reshape"
 
 
 class Captured:
@@ -49,8 +56,16 @@ def _record(feats: Captured, output: Any) -> None:
     feats.calls += 1
 
 
+def _split(output: Any) -> tuple[Any, Any]:
+    """-> (the tensor to reshape, a function putting a replacement back into ``output``).
+    Hugging Face layers return tuples whose first item is the hidden state."""
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0], lambda t: (t, *output[1:])
+    return output, lambda t: t
+
+
 @contextmanager
-def capture(module: nn.Module) -> Iterator[Captured]:
+def capture(module: nn.Module, reshape: Reshape | str | None = "auto") -> Iterator[Captured]:
     """Context manager recording ``module``'s forward output in ``feats.output``.
 
     Example::
@@ -70,15 +85,31 @@ def capture(module: nn.Module) -> Iterator[Captured]:
     Args:
         module: the layer whose output is wanted (e.g. ``models.cam_layer(model)``). A wrapper
             such as DDP or a compiled module must not be passed here; pass the layer inside it.
+        reshape: how to turn the output into a (B,K,h,w) grid (:mod:`gridcam.cam.reshape`):
+            ``"auto"`` (default) = the rule :func:`gridcam.models.build` recorded on the layer, if
+            any, else none; ``None``/``"none"`` = record the output as it is; a rule or its
+            name (``"vit"``, ``"vit:1"``, ``"nhwc"``). With a rule, ``feats.output`` is the grid
+            and the model continues from the output rebuilt from that grid (same values), so
+            ``d logits / d feats.output`` exists; a tuple output is reshaped in its first item.
     Yields:
         a :class:`Captured` whose ``output`` is set after each forward of ``module``.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"capture() needs an nn.Module, got {type(module).__name__}")
     feats = Captured()
+    rule = getattr(module, RESHAPE_ATTR, None) if reshape == "auto" else parse_reshape(reshape)
 
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        _record(feats, output)
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if rule is None:
+            _record(feats, output)
+            return None
+        tensor, put_back = _split(output)
+        if not isinstance(tensor, torch.Tensor):
+            raise GridcamError(f"the CAM layer {type(module).__name__} returned a "
+                               f"{type(tensor).__name__}, which the {rule} reshape cannot fold")
+        grid, restore = rule.to_grid(tensor)
+        _record(feats, grid)
+        return put_back(restore(grid))
 
     handle = module.register_forward_hook(hook)
     try:

@@ -3,12 +3,18 @@
 >>> from gridcam import models
 >>> model = models.create("resnet18", num_classes=1000, pooling="max")   # GMP ResNet-18
 >>> layer = models.cam_layer(model)                                      # model.layer4
+
+Outside models (torchvision, timm, Hugging Face, the user's own) go through :func:`build`, which
+also picks and records the CAM layer and its reshape rule::
+
+    built = models.build("timm:convnext_tiny", num_classes=10, cam_layer="stages.3")
 """
 
 from __future__ import annotations
 
 import argparse
 
+from gridcam.models.adapters import BuiltModel, ModelInfo, build, info, swap_to_gmp
 from gridcam.models.checkpoint import (
     checkpoint_num_classes,
     create_from_checkpoint,
@@ -17,6 +23,7 @@ from gridcam.models.checkpoint import (
     load_state_dict,
     read_checkpoint,
 )
+from gridcam.models.layers import LayerOutput, get_layer, probe
 from gridcam.models.registry import (
     cam_layer,
     classifier_prefix,
@@ -28,6 +35,7 @@ from gridcam.models.registry import (
 )
 
 __all__ = [
+    "BuiltModel", "LayerOutput", "ModelInfo", "build", "get_layer", "info", "probe", "swap_to_gmp",
     "cam_layer", "checkpoint_num_classes", "classifier_prefix", "create", "create_from_checkpoint",
     "describe", "guess_arch", "list_models", "load_checkpoint", "load_state_dict",
     "read_checkpoint", "register", "unwrap",
@@ -38,4 +46,6 @@ def cli_list(args: argparse.Namespace) -> int:
     """``gridcam models``: one line per architecture."""
     for name in list_models():
         print(f"{name:<12} {describe(name)}")
+    print("outside models: torchvision:NAME, timm:NAME, hf:NAME_OR_PATH, MODULE:FACTORY "
+          "(see `gridcam layers -a ARCH`)")
     return 0

@@ -1,0 +1,454 @@
+"""Outside models: ``torchvision:NAME``, ``timm:NAME``, ``hf:NAME_OR_PATH`` and ``MODULE:FACTORY``.
+
+:func:`build` is the one entry point the engines use: it builds any architecture (the built-in
+names too), loads a weights file, picks the CAM layer and its reshape rule, and records them on
+the model, so that ``models.cam_layer(model)`` and ``cam.capture(layer)`` work unchanged::
+
+    built = models.build("timm:vit_small_patch16_224", num_classes=10)
+    built.cam_layer_name, built.reshape        # 'blocks.11.norm1', TokenGrid(prefix=1, stride=16)
+    with cam.capture(models.cam_layer(built.model)) as feats:   # feats.output: (B,384,14,14)
+        logits = built.model(x)
+
+Optional packages are imported only when their prefix is used; none downloads anything (weights
+come from files: ``checkpoint=``; Hugging Face models from a local directory or the local cache).
+
+**Fixed input sizes.** The consistency loss feeds a 2S x 2S composite. A model that cannot take
+it (a ViT whose position embeddings are fixed, a CNN with a flatten + linear head) is detected by
+a probe at 2S, and from then on every input is resized bilinearly to S x S by a forward pre-hook
+(evaluation's images too). The composite's map is then h x w instead of 2h x 2w, and
+``grid.gc_loss`` compares the two heatmaps at pixel resolution, the rule the paper uses for
+AlexNet. timm ViTs are built with ``dynamic_img_size=True`` (position embeddings interpolated) and
+Hugging Face models are called with ``interpolate_pos_encoding=True`` where they accept it, so
+they take the composite at full resolution and need no resizing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gridcam.cam.hooks import RESHAPE_ATTR
+from gridcam.cam.reshape import Reshape, TokenGrid, parse_reshape
+from gridcam.errors import GridcamError
+from gridcam.models.layers import (
+    LayerOutput,
+    default_cam_layer,
+    get_layer,
+    prefix_tokens,
+    probe,
+    reshape_for,
+)
+
+__all__ = ["BuiltModel", "ModelInfo", "build", "construct", "info", "is_outside", "swap_to_gmp"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INFO_ATTR = "_gridcam_info"
+
+
+@dataclass
+class ModelInfo:
+    """What :func:`build` chose, recorded on the model (``models.info(model)``).
+
+    Attributes:
+        arch: the architecture string.
+        cam_layer: dotted path of the CAM layer.
+        reshape: rule making its output a grid (None for a (B,K,h,w) layer).
+        mean, std: normalisation constants of the model's input (timm's pretrained_cfg, a Hugging
+            Face image processor, the model's own ``pretrained_cfg``, else ImageNet's).
+        input_size: the side S the model was probed at (its native input size).
+        fixed_input: True when inputs are resized to S x S (the model cannot take 2S).
+    """
+
+    arch: str
+    cam_layer: str
+    reshape: Reshape | None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: int = 224
+    fixed_input: bool = False
+    hooks: list[Any] = field(default_factory=list, repr=False, compare=False)
+
+
+@dataclass
+class BuiltModel:
+    """:func:`build`'s result: the model, its CAM layer module and the recorded :class:`ModelInfo`."""
+
+    model: nn.Module
+    cam_layer: nn.Module
+    info: ModelInfo
+
+    @property
+    def cam_layer_name(self) -> str:
+        return self.info.cam_layer
+
+    @property
+    def reshape(self) -> Reshape | None:
+        return self.info.reshape
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.info.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.info.std
+
+    @property
+    def input_size(self) -> int:
+        return self.info.input_size
+
+
+def is_outside(arch: str) -> bool:
+    """Whether ``arch`` names an outside model (``prefix:name``) rather than a built-in one."""
+    return ":" in arch
+
+
+def info(model: nn.Module) -> ModelInfo | None:
+    """The :class:`ModelInfo` :func:`build` recorded on ``model`` (None for a plain model)."""
+    return getattr(model, INFO_ATTR, None)
+
+
+# ------------------------------------------------------------------------------------ importers
+def _require(package: str, prefix: str) -> Any:
+    try:
+        return importlib.import_module(package)
+    except Exception as exc:  # ImportError, or OSError from a wheel built for missing CUDA libraries
+        raise GridcamError(f"-a {prefix}:... needs the {package} package, which cannot be imported "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                           f"install it with `pip install {package}`") from None
+
+
+@dataclass
+class _Defaults:
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    input_size: int = 224
+    hint: str | None = None
+
+
+def _cfg_defaults(model: nn.Module) -> _Defaults:
+    """mean/std/input size from a timm-style ``pretrained_cfg`` (or ``default_cfg``) dict."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    d = _Defaults()
+    if isinstance(cfg, dict):
+        if cfg.get("mean") and cfg.get("std"):
+            d.mean, d.std = tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
+        if cfg.get("input_size"):
+            d.input_size = int(cfg["input_size"][-1])
+    return d
+
+
+def _torchvision(name: str, num_classes: int, pooling: str) -> tuple[nn.Module, _Defaults]:
+    tv = _require("torchvision", "torchvision")
+    try:
+        model = tv.models.get_model(name, weights=None, num_classes=num_classes)
+    except (ValueError, KeyError) as exc:
+        raise GridcamError(f"torchvision has no model {name!r} ({exc})") from None
+    return model, _Defaults()
+
+
+def _timm(name: str, num_classes: int, pooling: str) -> tuple[nn.Module, _Defaults]:
+    timm = _require("timm", "timm")
+    kw: dict[str, Any] = {"pretrained": False, "num_classes": num_classes}
+    if pooling == "max":
+        kw["global_pool"] = "max"
+    try:
+        try:  # ViT-style models interpolate their position embeddings for the 2x composite
+            model = timm.create_model(name, dynamic_img_size=True, **kw)
+        except TypeError:
+            model = timm.create_model(name, **kw)
+    except (RuntimeError, TypeError, AssertionError, ValueError) as exc:
+        if pooling == "max":
+            raise GridcamError(f"timm:{name} cannot use global max pooling (--maxpool): {exc}") from None
+        raise GridcamError(f"timm cannot build {name!r}: {exc}") from None
+    d = _cfg_defaults(model)
+    feature_info = getattr(model, "feature_info", None)
+    if isinstance(feature_info, list) and feature_info and isinstance(feature_info[-1], dict):
+        d.hint = feature_info[-1].get("module")
+    return model, d
+
+
+class HFClassifier(nn.Module):
+    """A Hugging Face image classifier as a plain ``images -> logits`` module.
+
+    Its state-dict keys are the wrapped model's with a ``model.`` prefix. Models whose forward
+    accepts ``interpolate_pos_encoding`` are called with it (inputs of any size)."""
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        self.model = hf_model
+        self._kwargs = ({"interpolate_pos_encoding": True}
+                        if "interpolate_pos_encoding" in inspect.signature(hf_model.forward).parameters
+                        else {})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x, **self._kwargs).logits
+
+
+def _hf(name: str, num_classes: int, pooling: str) -> tuple[nn.Module, _Defaults]:
+    tf = _require("transformers", "hf")
+    try:
+        config = tf.AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception as exc:
+        raise GridcamError(
+            f"hf:{name}: no Hugging Face config found locally ({type(exc).__name__}); gridcam does "
+            f"not download: pass a local directory, or fetch it first (`huggingface-cli download {name}`)"
+        ) from None
+    config.num_labels = num_classes
+    try:  # weights present in the directory / cache: use them (the classifier may be resized)
+        hf_model = tf.AutoModelForImageClassification.from_pretrained(
+            name, config=config, local_files_only=True, ignore_mismatched_sizes=True)
+    except OSError:
+        hf_model = tf.AutoModelForImageClassification.from_config(config)
+    d = _Defaults()
+    try:
+        proc = tf.AutoImageProcessor.from_pretrained(name, local_files_only=True)
+        if getattr(proc, "image_mean", None) and getattr(proc, "image_std", None):
+            d.mean, d.std = tuple(map(float, proc.image_mean)), tuple(map(float, proc.image_std))
+        size = getattr(proc, "size", None) or {}
+        side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else None
+        if side:
+            d.input_size = int(side)
+    except Exception:  # no preprocessor_config.json: ImageNet's constants
+        pass
+    return HFClassifier(hf_model), d
+
+
+def _load_factory(spec: str) -> Callable[..., Any]:
+    """``package.module:callable`` or ``path/to/file.py:callable`` -> the callable."""
+    target, _, attr = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise GridcamError(f"-a {spec}: file {path} does not exist")
+        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert mod_spec is not None and mod_spec.loader is not None
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            if exc.name != target.split(".")[0] or "" in sys.path:
+                raise GridcamError(f"-a {spec}: cannot import {target} ({exc})") from None
+            sys.path.insert(0, "")  # a module in the current directory, as `python -m` would find it
+            try:
+                module = importlib.import_module(target)
+            except ModuleNotFoundError as exc2:
+                raise GridcamError(f"-a {spec}: cannot import {target} ({exc2})") from None
+            finally:
+                sys.path.remove("")
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise GridcamError(f"-a {spec}: {target} has no callable {attr!r}")
+    return fn
+
+
+def _factory(spec: str, num_classes: int, pooling: str) -> tuple[nn.Module, _Defaults]:
+    fn = _load_factory(spec)
+    try:
+        model = fn(num_classes=num_classes)
+    except TypeError as exc:
+        raise GridcamError(f"-a {spec}: the factory must accept num_classes=N ({exc})") from None
+    if not isinstance(model, nn.Module):
+        raise GridcamError(f"-a {spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model, _cfg_defaults(model)
+
+
+_ADAPTERS = {"torchvision": _torchvision, "tv": _torchvision, "timm": _timm, "hf": _hf}
+
+
+def construct(arch: str, num_classes: int, pooling: str = "avg") -> tuple[nn.Module, _Defaults]:
+    """Build the bare outside model ``arch`` -> (model, its defaults); GMP swapped in if asked."""
+    if pooling not in ("avg", "max"):
+        raise GridcamError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+    if num_classes < 1:
+        raise GridcamError(f"num_classes must be >= 1, got {num_classes}")
+    prefix, _, name = arch.partition(":")
+    if not name:
+        raise GridcamError(f"-a {arch}: nothing after {prefix!r}:")
+    adapter = _ADAPTERS.get(prefix)
+    model, defaults = adapter(name, num_classes, pooling) if adapter else _factory(arch, num_classes, pooling)
+    if pooling == "max" and prefix != "timm":
+        swap_to_gmp(model, arch)
+    return model, defaults
+
+
+def swap_to_gmp(model: nn.Module, arch: str = "") -> None:
+    """Replace the model's one global average pooling (``nn.AdaptiveAvgPool2d(1)``) by global max
+    pooling, in place. GridcamError when there is not exactly one (pooling done functionally, by
+    tokens, or several candidates): the head is then not "global pooling + linear"."""
+    found = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))]
+    if len(found) != 1:
+        raise GridcamError(
+            f"--maxpool (GMP) needs a head of global average pooling + linear, with one "
+            f"nn.AdaptiveAvgPool2d(1) to swap; {arch or type(model).__name__} has {len(found)} "
+            "(its pooling is functional, token-based or ambiguous); train it without --maxpool")
+    name = found[0][0]
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, nn.AdaptiveMaxPool2d(found[0][1].output_size))
+
+
+# ------------------------------------------------------------------------------------- building
+def _accepts(model: nn.Module, size: int) -> bool:
+    """Whether a forward of a (1,3,size,size) input runs (eval mode, no gradients)."""
+    param = next(iter(model.parameters()), None)
+    x = torch.zeros(1, 3, size, size)
+    if param is not None:
+        x = x.to(param.device)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+        return True
+    except Exception:
+        return False
+    finally:
+        model.train(was)
+
+
+def _resize_hook(size: int) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
+    def hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x = args[0]
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and tuple(x.shape[-2:]) != (size, size):
+            return (F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                  antialias=True), *args[1:])
+        return None
+
+    return hook
+
+
+def _input_size_hook(rule: TokenGrid) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+    @torch.compiler.disable
+    def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
+            rule.input_hw = (int(args[0].shape[-2]), int(args[0].shape[-1]))
+
+    return hook
+
+
+def attach(model: nn.Module, record: ModelInfo) -> nn.Module:
+    """Record ``record`` on ``model``: the reshape rule on its CAM layer (for ``cam.capture``), the
+    resize hook for a fixed input size, the input-size hook a token reshape needs. Replaces any
+    earlier record and its hooks. Returns the CAM layer module."""
+    old = info(model)
+    if old is not None:
+        for h in old.hooks:
+            h.remove()
+        try:
+            delattr(get_layer(model, old.cam_layer), RESHAPE_ATTR)
+        except (GridcamError, AttributeError):
+            pass
+    layer = get_layer(model, record.cam_layer)
+    record.hooks = []
+    if record.fixed_input:
+        record.hooks.append(model.register_forward_pre_hook(_resize_hook(record.input_size)))
+    if isinstance(record.reshape, TokenGrid):
+        record.hooks.append(model.register_forward_pre_hook(_input_size_hook(record.reshape)))
+    if record.reshape is not None:
+        setattr(layer, RESHAPE_ATTR, record.reshape)
+    object.__setattr__(model, INFO_ATTR, record)
+    return layer
+
+
+def _choose_reshape(model: nn.Module, name: str, out: LayerOutput, reshape: Reshape | str | None,
+                    size: int) -> Reshape | None:
+    """The rule for ``reshape`` ("auto" or a given one), checked against the probed output."""
+    if reshape == "auto":
+        return reshape_for(model, name, out, size)
+    rule = parse_reshape(reshape)
+    shape = out.shape
+    if rule is None:
+        if shape is None or len(shape) != 4:
+            reshape_for(model, name, replace(out, kind="other"), size)  # raises, naming the layer
+        return None
+    if isinstance(rule, TokenGrid):
+        if shape is None or len(shape) != 3:
+            raise GridcamError(f"--reshape {reshape} needs a (B,N,D) token output, but layer "
+                               f"{name!r} outputs {shape}")
+        if rule.prefix is None:
+            rule.prefix = prefix_tokens(model)
+        p, h, _ = rule.grid_size(shape[1])
+        rule.prefix = p
+        rule.stride = size // h if size % h == 0 else None
+    if shape is None:
+        raise GridcamError(f"layer {name!r} outputs no tensor; it cannot be a CAM layer")
+    rule.to_grid(torch.zeros(shape))  # raises a clear GridcamError when the rule does not fit
+    return rule
+
+
+def build(
+    arch: str,
+    num_classes: int = 1000,
+    pooling: str = "avg",
+    cam_layer: str | None = None,
+    reshape: Reshape | str | None = "auto",
+    checkpoint: str | Path | None = None,
+    *,
+    input_size: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> BuiltModel:
+    """Build any architecture with its CAM layer chosen and recorded.
+
+    Args:
+        arch: a built-in name (``resnet50``), ``torchvision:NAME``, ``timm:NAME``,
+            ``hf:NAME_OR_PATH`` or ``MODULE:FACTORY`` / ``file.py:FACTORY`` (a callable taking
+            ``num_classes=`` and returning an ``nn.Module``).
+        num_classes: size of the classifier.
+        pooling: ``"avg"``, or ``"max"`` for GMP (swapped in where the head is global pooling +
+            linear; GridcamError otherwise).
+        cam_layer: dotted path of the CAM layer; None = the family's default
+            (:func:`gridcam.models.layers.default_cam_layer`).
+        reshape: ``"auto"`` (from the layer's output: tokens -> ``vit``, channels-last ->
+            ``nhwc``), ``None``/``"none"``, ``"vit"``, ``"vit:P"``, ``"nhwc"`` or a rule.
+        checkpoint: weights file loaded strictly (``torch.load(weights_only=True)``).
+        input_size: the side S to probe at; default: the model's config (timm, Hugging Face), else 224.
+        mean, std: override the normalisation constants.
+    Returns:
+        :class:`BuiltModel`; its :class:`ModelInfo` is also recorded on ``model``.
+    """
+    from gridcam.models.checkpoint import load_checkpoint
+    from gridcam.models.registry import cam_layer as builtin_layer, create
+
+    if is_outside(arch):
+        model, d = construct(arch, num_classes, pooling)
+    else:
+        model, d = create(arch, num_classes=num_classes, pooling=pooling), _Defaults()
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    size = int(input_size or d.input_size)
+    record = ModelInfo(arch, "", None, tuple(mean or d.mean), tuple(std or d.std), size)
+    if not is_outside(arch) and cam_layer is None and reshape in ("auto", None, "none"):
+        # Built-ins: the paper's layers, no probe.
+        record.cam_layer = next(n for n, m in model.named_modules() if m is builtin_layer(model))
+    else:
+        try:
+            outputs = probe(model, size)
+        except GridcamError:
+            raise
+        except Exception as exc:
+            raise GridcamError(f"{arch}: a forward of a (1,3,{size},{size}) input failed "
+                               f"({type(exc).__name__}: {exc}); set the input size") from None
+        record.cam_layer = cam_layer or default_cam_layer(model, outputs, d.hint)
+        get_layer(model, record.cam_layer)  # a clear error for a wrong path
+        out = next((o for o in outputs if o.name == record.cam_layer), None)
+        if out is None:
+            raise GridcamError(f"layer {record.cam_layer!r} of {arch} is not called in the forward")
+        record.reshape = _choose_reshape(model, record.cam_layer, out, reshape, size)
+        record.fixed_input = not _accepts(model, 2 * size)
+    layer = attach(model, record)
+    return BuiltModel(model, layer, record)
