@@ -14,14 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from gridcam.cam.reshape import Reshape, parse_reshape
-from gridcam.errors import GridcamError
+from gridcam.cam.reshape import Reshape, fold, parse_reshape
 
-__all__ = ["RESHAPE_ATTR", "Captured", "capture"]
-
-#: Attribute under which :func:`gridcam.models.build` records a layer's reshape rule, so that a
-#: plain ``capture(layer)`` (training, evaluation) applies it without being told.
-RESHAPE_ATTR = "_gridcam_reshape"
+__all__ = ["Captured", "capture"]
 
 
 class Captured:
@@ -56,16 +51,8 @@ def _record(feats: Captured, output: Any) -> None:
     feats.calls += 1
 
 
-def _split(output: Any) -> tuple[Any, Any]:
-    """-> (the tensor to reshape, a function putting a replacement back into ``output``).
-    Hugging Face layers return tuples whose first item is the hidden state."""
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return output[0], lambda t: (t, *output[1:])
-    return output, lambda t: t
-
-
 @contextmanager
-def capture(module: nn.Module, reshape: Reshape | str | None = "auto") -> Iterator[Captured]:
+def capture(module: nn.Module, reshape: Reshape | str | None = None) -> Iterator[Captured]:
     """Context manager recording ``module``'s forward output in ``feats.output``.
 
     Example::
@@ -85,31 +72,28 @@ def capture(module: nn.Module, reshape: Reshape | str | None = "auto") -> Iterat
     Args:
         module: the layer whose output is wanted (e.g. ``models.cam_layer(model)``). A wrapper
             such as DDP or a compiled module must not be passed here; pass the layer inside it.
-        reshape: how to turn the output into a (B,K,h,w) grid (:mod:`gridcam.cam.reshape`):
-            ``"auto"`` (default) = the rule :func:`gridcam.models.build` recorded on the layer, if
-            any, else none; ``None``/``"none"`` = record the output as it is; a rule or its
-            name (``"vit"``, ``"vit:1"``, ``"nhwc"``). With a rule, ``feats.output`` is the grid
-            and the model continues from the output rebuilt from that grid (same values), so
-            ``d logits / d feats.output`` exists; a tuple output is reshaped in its first item.
+        reshape: optional rule turning the output into a (B,K,h,w) grid
+            (:mod:`gridcam.cam.reshape`; a rule or ``"vit"``, ``"vit:P"``, ``"nhwc"``). Then
+            ``feats.output`` is the grid and the model continues from the output rebuilt from it
+            (same values), so ``d logits / d feats.output`` exists. Not needed for the CAM layer of
+            a model from :func:`gridcam.models.build`: that already is a grid (a ``GridTap``).
     Yields:
         a :class:`Captured` whose ``output`` is set after each forward of ``module``.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"capture() needs an nn.Module, got {type(module).__name__}")
     feats = Captured()
-    rule = getattr(module, RESHAPE_ATTR, None) if reshape == "auto" else parse_reshape(reshape)
+    rule = parse_reshape(reshape)
+
+    def record(grid: torch.Tensor) -> torch.Tensor:
+        _record(feats, grid)
+        return grid
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
         if rule is None:
             _record(feats, output)
             return None
-        tensor, put_back = _split(output)
-        if not isinstance(tensor, torch.Tensor):
-            raise GridcamError(f"the CAM layer {type(module).__name__} returned a "
-                               f"{type(tensor).__name__}, which the {rule} reshape cannot fold")
-        grid, restore = rule.to_grid(tensor)
-        _record(feats, grid)
-        return put_back(restore(grid))
+        return fold(rule, output, record)
 
     handle = module.register_forward_hook(hook)
     try:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from gridcam.errors import GridcamError
 
-__all__ = ["ChannelsLast", "Reshape", "TokenGrid", "parse_reshape"]
+__all__ = ["ChannelsLast", "GridTap", "Reshape", "TokenGrid", "fold", "parse_reshape"]
 
 Restore = Callable[[Tensor], Tensor]
 
@@ -130,3 +131,34 @@ def parse_reshape(spec: str | Reshape | None) -> Reshape | None:
     if head in ("vit", "tokens") and tail.isdigit():
         return TokenGrid(prefix=int(tail))
     raise GridcamError(f"unknown reshape rule {spec!r}; use none, vit, vit:P (P class tokens) or nhwc")
+
+
+def fold(rule: Reshape, output: Any, through: Callable[[Tensor], Tensor]) -> Any:
+    """Fold ``output`` into a grid with ``rule``, pass the grid through ``through`` (a hook may
+    record or replace it), and rebuild the output from what comes back. A tuple output (Hugging
+    Face layers) is folded in its first item."""
+    if isinstance(output, tuple) and output and isinstance(output[0], Tensor):
+        return (fold(rule, output[0], through), *output[1:])
+    if not isinstance(output, Tensor):
+        raise GridcamError(f"the {rule} reshape needs a tensor output, got a {type(output).__name__}")
+    grid, restore = rule.to_grid(output)
+    return restore(through(grid))
+
+
+class GridTap(nn.Identity):
+    """The CAM layer of a model whose chosen layer needs a reshape: an identity module that the
+    layer's output, folded into a (B,K,h,w) grid, passes through on every forward.
+
+    :func:`gridcam.models.build` installs a forward hook on the real layer (``source``) that folds
+    its output, calls this tap on the grid and hands the model the output rebuilt from what the
+    tap returned. Any hook on the tap (``cam.capture``, the evaluator's, pytorch-grad-cam's) thus
+    sees a plain (B,K,h,w) tensor that the logits depend on. The tap is not a sub-module of the
+    model, so state dicts are unchanged."""
+
+    def __init__(self, source: str, rule: Reshape) -> None:
+        super().__init__()
+        self.source = source
+        self.rule = rule
+
+    def extra_repr(self) -> str:
+        return f"{self.source}, reshape={self.rule}"

@@ -49,3 +49,15 @@ def cli_list(args: argparse.Namespace) -> int:
     print("outside models: torchvision:NAME, timm:NAME, hf:NAME_OR_PATH, MODULE:FACTORY "
           "(see `gridcam layers -a ARCH`)")
     return 0
+
+
+def cli_layers(args: argparse.Namespace) -> int:
+    """``gridcam layers -a ARCH``: every layer's output for one probe input, the default CAM layer."""
+    from gridcam.models.layers import format_layers
+
+    built = build(args.arch, num_classes=args.num_classes, cam_layer=None, reshape="auto",
+                  input_size=args.input_size)
+    outputs = probe(built.model, built.input_size)
+    for line in format_layers(built, outputs, show_all=args.all):
+        print(line)
+    return 0

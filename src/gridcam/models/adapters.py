@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gridcam.cam.hooks import RESHAPE_ATTR
-from gridcam.cam.reshape import Reshape, TokenGrid, parse_reshape
+from gridcam.cam.reshape import GridTap, Reshape, TokenGrid, fold, parse_reshape
 from gridcam.errors import GridcamError
 from gridcam.models.layers import (
     LayerOutput,
@@ -67,6 +66,8 @@ class ModelInfo:
             Face image processor, the model's own ``pretrained_cfg``, else ImageNet's).
         input_size: the side S the model was probed at (its native input size).
         fixed_input: True when inputs are resized to S x S (the model cannot take 2S).
+        tap: with a reshape, the :class:`~gridcam.cam.reshape.GridTap` whose output is the grid:
+            the module ``models.cam_layer(model)`` returns.
     """
 
     arch: str
@@ -77,11 +78,14 @@ class ModelInfo:
     input_size: int = 224
     fixed_input: bool = False
     hooks: list[Any] = field(default_factory=list, repr=False, compare=False)
+    tap: GridTap | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
 class BuiltModel:
-    """:func:`build`'s result: the model, its CAM layer module and the recorded :class:`ModelInfo`."""
+    """:func:`build`'s result: the model, the module to hook for Grad-CAM (the layer itself, or
+    its :class:`~gridcam.cam.reshape.GridTap` when its output needs a reshape) and the recorded
+    :class:`ModelInfo`."""
 
     model: nn.Module
     cam_layer: nn.Module
@@ -340,28 +344,34 @@ def _input_size_hook(rule: TokenGrid) -> Callable[[nn.Module, tuple[Any, ...]], 
     return hook
 
 
+def _tap_hook(rule: Reshape, tap: GridTap) -> Callable[[nn.Module, Any, Any], Any]:
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+        return fold(rule, out, tap)
+
+    return hook
+
+
 def attach(model: nn.Module, record: ModelInfo) -> nn.Module:
-    """Record ``record`` on ``model``: the reshape rule on its CAM layer (for ``cam.capture``), the
-    resize hook for a fixed input size, the input-size hook a token reshape needs. Replaces any
-    earlier record and its hooks. Returns the CAM layer module."""
+    """Record ``record`` on ``model`` and install its hooks: the fold through a GridTap when the
+    CAM layer needs a reshape, the resize for a fixed input size, the input-size record a token
+    reshape needs. Replaces any earlier record and its hooks. Returns the module to hook for
+    Grad-CAM (what ``models.cam_layer(model)`` returns from then on)."""
     old = info(model)
     if old is not None:
         for h in old.hooks:
             h.remove()
-        try:
-            delattr(get_layer(model, old.cam_layer), RESHAPE_ATTR)
-        except (GridcamError, AttributeError):
-            pass
     layer = get_layer(model, record.cam_layer)
     record.hooks = []
+    record.tap = None
     if record.fixed_input:
         record.hooks.append(model.register_forward_pre_hook(_resize_hook(record.input_size)))
     if isinstance(record.reshape, TokenGrid):
         record.hooks.append(model.register_forward_pre_hook(_input_size_hook(record.reshape)))
     if record.reshape is not None:
-        setattr(layer, RESHAPE_ATTR, record.reshape)
+        record.tap = GridTap(record.cam_layer, record.reshape)
+        record.hooks.append(layer.register_forward_hook(_tap_hook(record.reshape, record.tap)))
     object.__setattr__(model, INFO_ATTR, record)
-    return layer
+    return record.tap if record.tap is not None else layer
 
 
 def _choose_reshape(model: nn.Module, name: str, out: LayerOutput, reshape: Reshape | str | None,

@@ -29,7 +29,8 @@ from torch import nn
 from gridcam.cam.reshape import ChannelsLast, Reshape, TokenGrid
 from gridcam.errors import GridcamError
 
-__all__ = ["LayerOutput", "default_cam_layer", "get_layer", "probe", "reshape_for", "prefix_tokens"]
+__all__ = ["LayerOutput", "default_cam_layer", "format_layers", "get_layer", "prefix_tokens", "probe",
+           "reshape_for"]
 
 #: Parameter names of the non-patch tokens of ViT-style models (timm, torchvision, Hugging Face).
 _PREFIX_PARAMS = ("cls_token", "class_token", "dist_token", "distillation_token", "reg_token",
@@ -224,3 +225,39 @@ def reshape_for(model: nn.Module, layer: str, output: LayerOutput, input_size: i
         f"{output.shape if output.shape is not None else 'no tensor'}, which cannot be made a "
         "(B,K,h,w) grid; choose a layer with a spatial or patch-token output "
         "(`gridcam layers -a ARCH` lists them)")
+
+
+def _usable(model: nn.Module, o: LayerOutput, input_size: int) -> str:
+    """'grid (K,h,w)', 'vit:P -> (D,h,w)', 'nhwc -> (C,h,w)' or '' for an output."""
+    if o.kind == "other" or o.shape is None:
+        return ""
+    try:
+        rule = reshape_for(model, o.name, o, input_size)
+    except GridcamError:
+        return ""
+    if rule is None:
+        return f"grid {o.shape[1:]}"
+    grid, _ = rule.to_grid(torch.zeros(o.shape))
+    return f"{rule} -> {tuple(grid.shape[1:])}"
+
+
+def format_layers(built: Any, outputs: list[LayerOutput], show_all: bool = False) -> list[str]:
+    """Lines of ``gridcam layers``: one per layer (those usable as CAM layers unless ``show_all``),
+    the default CAM layer marked ``*``. ``built``: a :class:`gridcam.models.BuiltModel`."""
+    info = built.info
+    lines = [f"{info.arch}: probe input (1, 3, {info.input_size}, {info.input_size}); "
+             f"mean {info.mean}, std {info.std}; "
+             f"{'inputs resized to ' + str(info.input_size) + ' px (fixed input size)' if info.fixed_input else 'any input size'}"]
+    rows = []
+    for o in sorted(outputs, key=lambda o: o.order):
+        use = _usable(built.model, o, info.input_size)
+        if use or show_all:
+            mark = "*" if o.name == info.cam_layer else " "
+            rows.append((mark, o.name, o.type, str(o.shape) if o.shape else "-", use or "-"))
+    width = [max(len(r[i]) for r in rows) for i in range(1, 4)] if rows else [0, 0, 0]
+    lines.append(f"  {'layer':<{width[0]}}  {'type':<{width[1]}}  {'output':<{width[2]}}  as CAM grid")
+    lines += [f"{m} {n:<{width[0]}}  {t:<{width[1]}}  {s:<{width[2]}}  {u}" for m, n, t, s, u in rows]
+    lines.append(f"default CAM layer: {info.cam_layer}"
+                 + (f" (reshape {info.reshape})" if info.reshape is not None else "")
+                 + "; choose another with --cam-layer NAME")
+    return lines

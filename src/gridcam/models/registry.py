@@ -111,9 +111,10 @@ def cam_layer(model: nn.Module, name: str | None = None) -> nn.Module:
     """The module whose output Grad-CAM uses.
 
     ``name``: a dotted path (``layer4``, ``features.7``, ``blocks.-1.norm1``). Without it: the layer
-    :func:`gridcam.models.build` recorded on the model (any outside model), else ResNet ``layer4``,
-    AlexNet/VGG ``features``. Works for torchvision's own models too (same attribute names) and
-    through DDP wrappers.
+    :func:`gridcam.models.build` recorded on the model (any outside model; for a layer whose output
+    needs a reshape, such as a ViT block's tokens, the ``GridTap`` whose output is the folded
+    (B,K,h,w) grid), else ResNet ``layer4``, AlexNet/VGG ``features``. Works for torchvision's own
+    models too (same attribute names) and through DDP wrappers.
     """
     from gridcam.models.adapters import info
     from gridcam.models.layers import get_layer
@@ -122,8 +123,8 @@ def cam_layer(model: nn.Module, name: str | None = None) -> nn.Module:
     if name is not None:
         return get_layer(m, name)
     record = info(m)
-    if record is not None:
-        return get_layer(m, record.cam_layer)
+    if record is not None:  # a reshaped layer: the tap its folded grid passes through
+        return record.tap if record.tap is not None else get_layer(m, record.cam_layer)
     for attr in ("layer4", "features"):
         if isinstance(getattr(m, attr, None), nn.Module):
             return getattr(m, attr)
