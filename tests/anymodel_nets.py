@@ -29,9 +29,10 @@ class OddCNN(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, sdpa: bool = False) -> None:
         super().__init__()
         self.heads = heads
+        self.sdpa = sdpa
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -41,8 +42,11 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        attn = (q @ k.transpose(-2, -1) * (D // self.heads) ** -0.5).softmax(-1)
-        x = x + self.proj((attn @ v).transpose(1, 2).reshape(B, N, D))
+        if self.sdpa:  # PyTorch's fused kernel, as timm and torchvision use
+            mixed = F.scaled_dot_product_attention(q, k, v)
+        else:
+            mixed = (q @ k.transpose(-2, -1) * (D // self.heads) ** -0.5).softmax(-1) @ v
+        x = x + self.proj(mixed.transpose(1, 2).reshape(B, N, D))
         return x + self.mlp(self.norm2(x))
 
 
@@ -52,13 +56,14 @@ class TinyViT(nn.Module):
     ``dynamic``: interpolate the position embeddings for other input sizes (like timm's
     ``dynamic_img_size=True``); otherwise any other size raises, like a fixed-size ViT."""
 
-    def __init__(self, num_classes: int = 10, dim: int = 32, depth: int = 2, dynamic: bool = True) -> None:
+    def __init__(self, num_classes: int = 10, dim: int = 32, depth: int = 2, dynamic: bool = True,
+                 sdpa: bool = False) -> None:
         super().__init__()
         self.dynamic = dynamic
         self.patch_embed = nn.Conv2d(3, dim, 8, stride=8)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 16, dim) * 0.02)
-        self.blocks = nn.ModuleList(Block(dim, 2) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(dim, 2, sdpa) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         self.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -96,6 +101,10 @@ def odd_cnn(num_classes: int = 10) -> nn.Module:
 
 def tiny_vit(num_classes: int = 10) -> nn.Module:
     return TinyViT(num_classes, dynamic=True)
+
+
+def tiny_vit_sdpa(num_classes: int = 10) -> nn.Module:
+    return TinyViT(num_classes, dynamic=True, sdpa=True)
 
 
 def tiny_vit_fixed(num_classes: int = 10) -> nn.Module:

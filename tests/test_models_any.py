@@ -204,6 +204,29 @@ def test_gc_loss_reaches_the_model_through_the_heatmap() -> None:
     assert grads[0].abs().sum() > 0
 
 
+def test_training_through_fused_attention_uses_the_math_kernel() -> None:
+    """PyTorch's fused attention has no second derivative; built models train with the math one."""
+    torch.manual_seed(0)
+    x, y, quads = torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.tensor([0, 3])
+    plain = nets.tiny_vit_sdpa(2).train()
+    with pytest.raises(RuntimeError, match="derivative for .* is not implemented"):
+        _sdpa_double_backward(plain, x, y)
+    b = models.build("anymodel_nets:tiny_vit_sdpa", num_classes=2)
+    res = gc_step(b.model.train(), b.cam_layer, x, y, lam=1.0, quadrants=quads,
+                  generator=torch.Generator().manual_seed(0))
+    res.loss.backward()
+    assert torch.isfinite(res.loss) and b.model.blocks[0].qkv.weight.grad.abs().sum() > 0
+    b.model.eval()  # evaluation keeps the fused kernel: one backward works, and the mode is restored
+    logits, grid_ = _tap(b, x)
+    assert cam.grad_cam(logits, grid_, y).shape == (2, 4, 4)
+
+
+def _sdpa_double_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    with cam.capture(model.blocks[1].norm1, reshape="vit:1") as f:
+        logits = model(x)
+    cam.grad_cam(logits, f.output, y, create_graph=True).sum().backward()
+
+
 # --------------------------------------------------------------------------------------- GMP
 def test_gmp_swap_and_refusal() -> None:
     b = models.build(CNN, num_classes=3, pooling="max")

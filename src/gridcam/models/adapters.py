@@ -20,6 +20,10 @@ a probe at 2S, and from then on every input is resized bilinearly to S x S by a 
 AlexNet. timm ViTs are built with ``dynamic_img_size=True`` (position embeddings interpolated) and
 Hugging Face models are called with ``interpolate_pos_encoding=True`` where they accept it, so
 they take the composite at full resolution and need no resizing.
+
+**Attention kernels.** Training through the heatmap needs second derivatives of the attention
+after the CAM layer, which PyTorch's fused attention kernels lack; outside models therefore run
+their *training* forwards with the math kernel (:class:`_MathAttention`).
 """
 
 from __future__ import annotations
@@ -344,6 +348,32 @@ def _input_size_hook(rule: TokenGrid) -> Callable[[nn.Module, tuple[Any, ...]], 
     return hook
 
 
+class _MathAttention:
+    """Forward hooks running a training forward with PyTorch's math attention kernel.
+
+    Training through Grad-CAM differentiates the heatmap (``create_graph=True``), i.e. takes a
+    second derivative of every attention after the CAM layer. The fused kernels of
+    ``scaled_dot_product_attention`` (flash, memory-efficient, also on the CPU) have no second
+    derivative ("derivative for ..._backward is not implemented"); the math kernel has. Used only
+    when the model is in training mode with gradients on; evaluation keeps the fused kernels."""
+
+    def __init__(self) -> None:
+        self._stack: list[Any] = []
+
+    def enter(self, module: nn.Module, _args: Any) -> None:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        ctx = sdpa_kernel([SDPBackend.MATH]) if module.training and torch.is_grad_enabled() else None
+        if ctx is not None:
+            ctx.__enter__()
+        self._stack.append(ctx)
+
+    def exit(self, _module: nn.Module, _args: Any, _out: Any) -> None:
+        ctx = self._stack.pop() if self._stack else None
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+
 def _tap_hook(rule: Reshape, tap: GridTap) -> Callable[[nn.Module, Any, Any], Any]:
     def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
         return fold(rule, out, tap)
@@ -367,6 +397,10 @@ def attach(model: nn.Module, record: ModelInfo) -> nn.Module:
         record.hooks.append(model.register_forward_pre_hook(_resize_hook(record.input_size)))
     if isinstance(record.reshape, TokenGrid):
         record.hooks.append(model.register_forward_pre_hook(_input_size_hook(record.reshape)))
+    if is_outside(record.arch):
+        math = _MathAttention()
+        record.hooks += [model.register_forward_pre_hook(math.enter),
+                         model.register_forward_hook(math.exit, always_call=True)]
     if record.reshape is not None:
         record.tap = GridTap(record.cam_layer, record.reshape)
         record.hooks.append(layer.register_forward_hook(_tap_hook(record.reshape, record.tap)))
