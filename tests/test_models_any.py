@@ -281,3 +281,16 @@ def test_cli_evaluate_a_vit_end_to_end(tmp_path: Path, capsys) -> None:
     assert res["images"]["evaluated"] == 6 and res["config"]["arch"] == VIT
     assert res["metrics"]["gradcam"]["evaluated"] == 6
     assert 0 <= res["metrics"]["gradcam"]["content_heatmap"] <= 100
+
+
+def test_checkpoint_records_the_cam_layer_and_reshape(tmp_path: Path) -> None:
+    b = models.build(VIT, num_classes=3, cam_layer="blocks.0.norm2", reshape="vit:1")
+    record = b.info.as_dict()
+    assert record == {"arch": VIT, "cam_layer": "blocks.0.norm2", "reshape": "vit:1", "mean": [0.5] * 3,
+                      "std": [0.5] * 3, "input_size": 32, "fixed_input": False}
+    path = tmp_path / "ck.pth"
+    torch.save({"state_dict": b.model.state_dict(), **record}, path)
+    loaded, _ = models.create_from_checkpoint(path)
+    assert models.info(loaded).as_dict() == record
+    loaded, _ = models.create_from_checkpoint(path, cam_layer="blocks.1.norm1")  # flags win
+    assert models.info(loaded).cam_layer == "blocks.1.norm1"

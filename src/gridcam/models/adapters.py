@@ -84,6 +84,15 @@ class ModelInfo:
     hooks: list[Any] = field(default_factory=list, repr=False, compare=False)
     tap: GridTap | None = field(default=None, repr=False, compare=False)
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON/checkpoint-friendly record: arch, cam_layer, reshape (``--reshape`` syntax),
+        mean, std, input_size, fixed_input. :func:`gridcam.models.create_from_checkpoint` reads
+        ``cam_layer``, ``reshape`` and ``input_size`` back from a checkpoint's top level."""
+        return {"arch": self.arch, "cam_layer": self.cam_layer,
+                "reshape": str(self.reshape) if self.reshape is not None else "none",
+                "mean": list(self.mean), "std": list(self.std), "input_size": self.input_size,
+                "fixed_input": self.fixed_input}
+
 
 @dataclass
 class BuiltModel:
@@ -476,9 +485,10 @@ def build(
         load_checkpoint(model, checkpoint)
     size = int(input_size or d.input_size)
     record = ModelInfo(arch, "", None, tuple(mean or d.mean), tuple(std or d.std), size)
-    if not is_outside(arch) and cam_layer is None and reshape in ("auto", None, "none"):
-        # Built-ins: the paper's layers, no probe.
-        record.cam_layer = next(n for n, m in model.named_modules() if m is builtin_layer(model))
+    default = None if is_outside(arch) else next(
+        n for n, m in model.named_modules() if m is builtin_layer(model))
+    if default is not None and cam_layer in (None, default) and reshape in ("auto", None, "none"):
+        record.cam_layer = default  # built-ins: the paper's layers, no probe
     else:
         try:
             outputs = probe(model, size)

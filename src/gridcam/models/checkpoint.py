@@ -152,7 +152,9 @@ def create_from_checkpoint(path: str | Path, arch: str | None = None,
     The number of classes comes from the file. ``arch``/``pooling`` default to what the file records
     (our checkpoints store them), else ``arch`` is guessed from the keys and shapes. ``arch`` may be
     an outside model (``timm:NAME``, ``MODULE:FACTORY`` ...); ``cam_layer``, ``reshape`` and
-    ``input_size`` are passed to :func:`gridcam.models.build`, which records them on the model.
+    ``input_size`` (default: the file's own entries of those names, as training records them
+    from ``ModelInfo.as_dict()``, else automatic) are passed to :func:`gridcam.models.build`,
+    which records them on the model.
     """
     from gridcam.models.adapters import build
 
@@ -161,6 +163,11 @@ def create_from_checkpoint(path: str | Path, arch: str | None = None,
     if arch is None:
         raise GridcamError(f"cannot tell the architecture of {path}; pass it with -a/--arch")
     pooling = pooling or meta.get("pooling") or "avg"
+    # What training recorded (ModelInfo.as_dict()) unless overridden.
+    cam_layer = cam_layer or meta.get("cam_layer")
+    if reshape == "auto" and isinstance(meta.get("reshape"), str) and cam_layer == meta.get("cam_layer"):
+        reshape = meta["reshape"]
+    input_size = input_size or meta.get("input_size")
     built = build(str(arch), num_classes=checkpoint_num_classes(sd), pooling=str(pooling),
                   cam_layer=cam_layer, reshape=reshape, input_size=input_size)
     load_state_dict(built.model, sd, source=str(path))
