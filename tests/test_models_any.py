@@ -219,6 +219,20 @@ def test_training_through_fused_attention_uses_the_math_kernel() -> None:
     b.model.eval()  # evaluation keeps the fused kernel: one backward works, and the mode is restored
     logits, grid_ = _tap(b, x)
     assert cam.grad_cam(logits, grid_, y).shape == (2, 4, 4)
+    # the plain step (lambda = 0, no hook on the CAM layer) keeps the fused kernel too
+    kernels = []
+    orig = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*a, **k):
+        kernels.append(torch.backends.cuda.flash_sdp_enabled())
+        return orig(*a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        gc_step(b.model.train(), b.cam_layer, x, y, lam=0.0)
+        gc_step(b.model, b.cam_layer, x, y, lam=1.0, quadrants=quads)
+    assert kernels == [True, True] + [False] * 4  # 2 blocks: plain step, then 2 forwards of the GC step
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored
 
 
 def _sdpa_double_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -292,5 +306,17 @@ def test_checkpoint_records_the_cam_layer_and_reshape(tmp_path: Path) -> None:
     torch.save({"state_dict": b.model.state_dict(), **record}, path)
     loaded, _ = models.create_from_checkpoint(path)
     assert models.info(loaded).as_dict() == record
-    loaded, _ = models.create_from_checkpoint(path, cam_layer="blocks.1.norm1")  # flags win
-    assert models.info(loaded).cam_layer == "blocks.1.norm1"
+    loaded, _ = models.create_from_checkpoint(path, cam_layer="blocks.1.norm1", mean="0,0,0")  # flags win
+    assert models.info(loaded).cam_layer == "blocks.1.norm1" and models.info(loaded).mean == (0, 0, 0)
+
+
+def test_normalisation_constants_and_overrides() -> None:
+    assert models.input_config(VIT) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 32)
+    assert models.input_config(CNN, mean="0.1,0.2,0.3", input_size=64) == (
+        (0.1, 0.2, 0.3), (0.229, 0.224, 0.225), 64)
+    assert models.input_config("resnet18") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224)
+    assert models.build(VIT, num_classes=2, std=[1, 2, 3]).std == (1.0, 2.0, 3.0)
+    with pytest.raises(GridcamError, match="--std must be three numbers > 0, got '1,0,1'"):
+        models.build(VIT, num_classes=2, std="1,0,1")
+    with pytest.raises(GridcamError, match="--mean must be three numbers like"):
+        models.input_config(VIT, mean="a,b,c")

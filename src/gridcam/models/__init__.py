@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from gridcam.models.adapters import BuiltModel, ModelInfo, build, info, swap_to_gmp
+from gridcam.models.adapters import BuiltModel, ModelInfo, build, info, input_config, swap_to_gmp
 from gridcam.models.checkpoint import (
     checkpoint_num_classes,
     create_from_checkpoint,
@@ -35,7 +35,8 @@ from gridcam.models.registry import (
 )
 
 __all__ = [
-    "BuiltModel", "LayerOutput", "ModelInfo", "build", "get_layer", "info", "probe", "swap_to_gmp",
+    "BuiltModel", "LayerOutput", "ModelInfo", "build", "get_layer", "info", "input_config", "probe",
+    "swap_to_gmp",
     "cam_layer", "checkpoint_num_classes", "classifier_prefix", "create", "create_from_checkpoint",
     "describe", "guess_arch", "list_models", "load_checkpoint", "load_state_dict",
     "read_checkpoint", "register", "unwrap",

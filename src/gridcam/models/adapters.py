@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,8 @@ from gridcam.models.layers import (
 )
 from gridcam.models.sources import IMAGENET_MEAN, IMAGENET_STD, Defaults, construct, swap_to_gmp
 
-__all__ = ["BuiltModel", "ModelInfo", "attach", "build", "construct", "info", "is_outside", "swap_to_gmp"]
+__all__ = ["BuiltModel", "ModelInfo", "attach", "build", "construct", "info", "input_config", "is_outside",
+           "swap_to_gmp"]
 
 INFO_ATTR = "_gridcam_info"
 
@@ -176,15 +177,18 @@ class _MathAttention:
     second derivative of every attention after the CAM layer. The fused kernels of
     ``scaled_dot_product_attention`` (flash, memory-efficient, also on the CPU) have no second
     derivative ("derivative for ..._backward is not implemented"); the math kernel has. Used only
-    when the model is in training mode with gradients on; evaluation keeps the fused kernels."""
+    for a forward in training mode, with gradients on, while the CAM layer is hooked (a Grad-CAM
+    step): evaluation and the plain (lambda = 0) training step keep the fused kernels."""
 
-    def __init__(self) -> None:
+    def __init__(self, cam_module: nn.Module) -> None:
         self._stack: list[Any] = []
+        self._cam = cam_module
 
     def enter(self, module: nn.Module, _args: Any) -> None:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        ctx = sdpa_kernel([SDPBackend.MATH]) if module.training and torch.is_grad_enabled() else None
+        active = module.training and torch.is_grad_enabled() and bool(self._cam._forward_hooks)
+        ctx = sdpa_kernel([SDPBackend.MATH]) if active else None
         if ctx is not None:
             ctx.__enter__()
         self._stack.append(ctx)
@@ -218,15 +222,16 @@ def attach(model: nn.Module, record: ModelInfo) -> nn.Module:
         record.hooks.append(model.register_forward_pre_hook(_resize_hook(record.input_size)))
     if isinstance(record.reshape, TokenGrid):
         record.hooks.append(model.register_forward_pre_hook(_input_size_hook(record.reshape)))
-    if is_outside(record.arch):
-        math = _MathAttention()
-        record.hooks += [model.register_forward_pre_hook(math.enter),
-                         model.register_forward_hook(math.exit, always_call=True)]
     if record.reshape is not None:
         record.tap = GridTap(record.cam_layer, record.reshape)
         record.hooks.append(layer.register_forward_hook(_tap_hook(record.reshape, record.tap)))
+    cam_module = record.tap if record.tap is not None else layer
+    if is_outside(record.arch):
+        math = _MathAttention(cam_module)
+        record.hooks += [model.register_forward_pre_hook(math.enter),
+                         model.register_forward_hook(math.exit, always_call=True)]
     object.__setattr__(model, INFO_ATTR, record)
-    return record.tap if record.tap is not None else layer
+    return cam_module
 
 
 def _choose_reshape(model: nn.Module, name: str, out: LayerOutput, reshape: Reshape | str | None,
@@ -255,6 +260,38 @@ def _choose_reshape(model: nn.Module, name: str, out: LayerOutput, reshape: Resh
     return rule
 
 
+def _constants(value: str | Sequence[float] | None, default: tuple[float, ...],
+               what: str) -> tuple[float, ...]:
+    """``--mean``/``--std``: None -> ``default``; "a,b,c" or 3 numbers -> a tuple (std > 0)."""
+    if value is None:
+        return tuple(default)
+    try:
+        out = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except ValueError:
+        raise GridcamError(f"--{what} must be three numbers like 0.5,0.5,0.5, got {value!r}") from None
+    if len(out) != 3 or (what == "std" and min(out) <= 0):
+        raise GridcamError(f"--{what} must be three numbers{' > 0' if what == 'std' else ''}, got {value!r}")
+    return out
+
+
+def input_config(arch: str, mean: str | Sequence[float] | None = None,
+                 std: str | Sequence[float] | None = None,
+                 input_size: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...], int]:
+    """(mean, std, input size) a model of ``arch`` expects, without building it for real (an
+    outside model is constructed on the meta device), for the data transforms that are set up
+    before the model. Overrides win; ImageNet's constants and 224 px for built-in names."""
+    d = Defaults()
+    if is_outside(arch):
+        try:
+            with torch.device("meta"):
+                _, d = construct(arch, 2)
+        except GridcamError:
+            raise
+        except Exception:  # a constructor that cannot run on the meta device
+            _, d = construct(arch, 2)
+    return _constants(mean, d.mean, "mean"), _constants(std, d.std, "std"), int(input_size or d.input_size)
+
+
 def build(
     arch: str,
     num_classes: int = 1000,
@@ -264,8 +301,8 @@ def build(
     checkpoint: str | Path | None = None,
     *,
     input_size: int | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
+    mean: str | Sequence[float] | None = None,
+    std: str | Sequence[float] | None = None,
 ) -> BuiltModel:
     """Build any architecture with its CAM layer chosen and recorded.
 
@@ -282,7 +319,7 @@ def build(
             ``nhwc``), ``None``/``"none"``, ``"vit"``, ``"vit:P"``, ``"nhwc"`` or a rule.
         checkpoint: weights file loaded strictly (``torch.load(weights_only=True)``).
         input_size: the side S to probe at; default: the model's config (timm, Hugging Face), else 224.
-        mean, std: override the normalisation constants.
+        mean, std: override the normalisation constants (three numbers, or ``"0.5,0.5,0.5"``).
     Returns:
         :class:`BuiltModel`; its :class:`ModelInfo` is also recorded on ``model``.
     """
@@ -296,7 +333,7 @@ def build(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     size = int(input_size or d.input_size)
-    record = ModelInfo(arch, "", None, tuple(mean or d.mean), tuple(std or d.std), size)
+    record = ModelInfo(arch, "", None, _constants(mean, d.mean, "mean"), _constants(std, d.std, "std"), size)
     default = None if is_outside(arch) else next(
         n for n, m in model.named_modules() if m is builtin_layer(model))
     if default is not None and cam_layer in (None, default) and reshape in ("auto", None, "none"):
