@@ -22,8 +22,8 @@ Hugging Face models are called with ``interpolate_pos_encoding=True`` where they
 they take the composite at full resolution and need no resizing.
 
 **Attention kernels.** Training through the heatmap needs second derivatives of the attention
-after the CAM layer, which PyTorch's fused attention kernels lack; outside models therefore run
-their *training* forwards with the math kernel (:class:`_MathAttention`).
+after the CAM layer, which PyTorch's fused attention kernels lack; an outside model's Grad-CAM
+training forwards therefore use the math kernel (:class:`_MathAttention`).
 """
 
 from __future__ import annotations
