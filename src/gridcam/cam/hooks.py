@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gridcam.cam.reshape import Reshape, fold, parse_reshape
+
 __all__ = ["Captured", "capture"]
 
 
@@ -50,7 +52,7 @@ def _record(feats: Captured, output: Any) -> None:
 
 
 @contextmanager
-def capture(module: nn.Module) -> Iterator[Captured]:
+def capture(module: nn.Module, reshape: Reshape | str | None = None) -> Iterator[Captured]:
     """Context manager recording ``module``'s forward output in ``feats.output``.
 
     Example::
@@ -70,15 +72,28 @@ def capture(module: nn.Module) -> Iterator[Captured]:
     Args:
         module: the layer whose output is wanted (e.g. ``models.cam_layer(model)``). A wrapper
             such as DDP or a compiled module must not be passed here; pass the layer inside it.
+        reshape: optional rule turning the output into a (B,K,h,w) grid
+            (:mod:`gridcam.cam.reshape`; a rule or ``"vit"``, ``"vit:P"``, ``"nhwc"``). Then
+            ``feats.output`` is the grid and the model continues from the output rebuilt from it
+            (same values), so ``d logits / d feats.output`` exists. Not needed for the CAM layer of
+            a model from :func:`gridcam.models.build`: that already is a grid (a ``GridTap``).
     Yields:
         a :class:`Captured` whose ``output`` is set after each forward of ``module``.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"capture() needs an nn.Module, got {type(module).__name__}")
     feats = Captured()
+    rule = parse_reshape(reshape)
 
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        _record(feats, output)
+    def record(grid: torch.Tensor) -> torch.Tensor:
+        _record(feats, grid)
+        return grid
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if rule is None:
+            _record(feats, output)
+            return None
+        return fold(rule, output, record)
 
     handle = module.register_forward_hook(hook)
     try:

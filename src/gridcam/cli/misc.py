@@ -75,6 +75,8 @@ def list_models(args: argparse.Namespace) -> int:
 
     for name in models.list_models():
         print(f"{name:<12} {models.describe(name)}")
+    print("outside models: torchvision:NAME, timm:NAME, hf:NAME_OR_PATH, MODULE:FACTORY "
+          "(see `gridcam layers -a ARCH`)")
     return 0
 
 

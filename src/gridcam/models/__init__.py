@@ -3,10 +3,16 @@
 >>> from gridcam import models
 >>> model = models.create("resnet18", num_classes=1000, pooling="max")   # GMP ResNet-18
 >>> layer = models.cam_layer(model)                                      # model.layer4
+
+Outside models (torchvision, timm, Hugging Face, the user's own) go through :func:`build`, which
+also picks and records the CAM layer and its reshape rule::
+
+    built = models.build("timm:convnext_tiny", num_classes=10, cam_layer="stages.3")
 """
 
 from __future__ import annotations
 
+from gridcam.models.adapters import BuiltModel, ModelInfo, build, info, input_config, swap_to_gmp
 from gridcam.models.checkpoint import (
     checkpoint_num_classes,
     create_from_checkpoint,
@@ -15,6 +21,7 @@ from gridcam.models.checkpoint import (
     load_state_dict,
     read_checkpoint,
 )
+from gridcam.models.layers import LayerOutput, get_layer, probe
 from gridcam.models.registry import (
     cam_layer,
     classifier_prefix,
@@ -26,6 +33,8 @@ from gridcam.models.registry import (
 )
 
 __all__ = [
+    "BuiltModel", "LayerOutput", "ModelInfo", "build", "get_layer", "info", "input_config", "probe",
+    "swap_to_gmp",
     "cam_layer", "checkpoint_num_classes", "classifier_prefix", "create", "create_from_checkpoint",
     "describe", "guess_arch", "list_models", "load_checkpoint", "load_state_dict",
     "read_checkpoint", "register", "unwrap",

@@ -35,11 +35,19 @@ def describe(name: str) -> str:
 
 
 def create(name: str, num_classes: int = 1000, pooling: str = "avg") -> nn.Module:
-    """Build a built-in architecture, randomly initialised.
+    """Build an architecture, randomly initialised.
 
-    ``pooling``: "avg" (standard) or "max" (the paper's GMP; ResNets only). Raises GridcamError for
-    an unknown name or an unsupported pooling.
+    ``name``: a built-in name, or an outside model (``torchvision:NAME``, ``timm:NAME``,
+    ``hf:NAME_OR_PATH``, ``MODULE:FACTORY``; see :func:`gridcam.models.build`, whose choice of CAM
+    layer and reshape is recorded on the model, so :func:`cam_layer` finds it).
+    ``pooling``: "avg" (standard) or "max" (the paper's GMP; built-in ResNets, and outside models
+    whose head is global pooling + linear). Raises GridcamError for an unknown name or an
+    unsupported pooling.
     """
+    if ":" in name:
+        from gridcam.models.adapters import build
+
+        return build(name, num_classes=num_classes, pooling=pooling).model
     if name not in _REGISTRY:
         raise GridcamError(f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)}")
     if pooling not in ("avg", "max"):
@@ -99,18 +107,30 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def cam_layer(model: nn.Module) -> nn.Module:
-    """The module whose output Grad-CAM uses: ResNet ``layer4``; AlexNet/VGG ``features``.
+def cam_layer(model: nn.Module, name: str | None = None) -> nn.Module:
+    """The module whose output Grad-CAM uses.
 
-    Works for torchvision's own models too (same attribute names) and through DDP wrappers.
+    ``name``: a dotted path (``layer4``, ``features.7``, ``blocks.-1.norm1``). Without it: the layer
+    :func:`gridcam.models.build` recorded on the model (any outside model; for a layer whose output
+    needs a reshape, such as a ViT block's tokens, the ``GridTap`` whose output is the folded
+    (B,K,h,w) grid), else ResNet ``layer4``, AlexNet/VGG ``features``. Works for torchvision's own
+    models too (same attribute names) and through DDP wrappers.
     """
+    from gridcam.models.adapters import info
+    from gridcam.models.layers import get_layer
+
     m = unwrap(model)
+    if name is not None:
+        return get_layer(m, name)
+    record = info(m)
+    if record is not None:  # a reshaped layer: the tap its folded grid passes through
+        return record.tap if record.tap is not None else get_layer(m, record.cam_layer)
     for attr in ("layer4", "features"):
         if isinstance(getattr(m, attr, None), nn.Module):
             return getattr(m, attr)
     raise GridcamError(
         f"cannot find the CAM layer of {type(m).__name__}: expected a 'layer4' (ResNet) or "
-        "'features' (AlexNet/VGG) sub-module; pass the layer explicitly")
+        "'features' (AlexNet/VGG) sub-module; build it with models.build(...) or pass --cam-layer")
 
 
 def classifier_prefix(model: nn.Module) -> str:
