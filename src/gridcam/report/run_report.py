@@ -263,7 +263,7 @@ def write_page(path: Path, title: str, runs: Sequence[Run], rows: list, text: st
              "{text-align:left}th{background:#eee}tr.diff td{color:#555;font-style:italic;background:#fafafa}"
              "img{max-width:100%;display:block;margin:.5em 0}.runs td{text-align:left}"
              "figcaption{color:#555;font-size:.9em}</style>",
-             f"<h1>{e(title)}</h1>", f"<p class='summary'>{e(text)}</p>"]
+             f"<h1>{e(title)}</h1>", f"<p class='summary'>{e(text, quote=False)}</p>"]
     parts.append("<h2>Runs</h2><table class='runs'><tr><th>name</th><th>folder</th><th>weights</th>"
                  "<th>results</th><th>epochs logged</th></tr>" + "".join(
                      f"<tr><td>{e(r.name)}</td><td>{e(str(r.path))}</td><td>{e(r.checkpoint.name if r.checkpoint else '-')}</td>"
