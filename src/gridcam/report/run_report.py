@@ -151,6 +151,31 @@ def _load(path: str) -> Image.Image:
     return load_image(path)
 
 
+def _composite_items(ds) -> list[tuple[int, int]] | None:
+    """(dataset index, class) of the first usable image and of three negatives (images without its
+    class; of distinct classes when the data has them)."""
+    first: tuple[int, int] | None = None
+    negatives: list[tuple[int, int]] = []
+    for i in range(len(ds)):
+        item = ds[i]
+        if item is None or len(item["classes"]) == 0:
+            continue
+        present = item["classes"].tolist()
+        if first is None:
+            first = (i, int(present[0]))
+        elif first[1] not in present:
+            negatives.append((i, int(present[0])))
+            if len({c for _, c in negatives}) >= 3:
+                break
+    if first is None or len(negatives) < 3:
+        return None
+    distinct: dict[int, tuple[int, int]] = {}
+    for t in negatives:
+        distinct.setdefault(t[1], t)
+    ordered = list(distinct.values()) + [t for t in negatives if t not in distinct.values()]
+    return [first, *ordered[:3]]
+
+
 def training_composite(loaded: Sequence[Loaded], ds, path: Path, size: int) -> Path | None:
     """Rows per model: the 2x2 composite (image of class c top-right, three of other classes), its
     target map (the image's own normalised Grad-CAM placed in its quadrant) and the model's Grad-CAM
@@ -159,24 +184,13 @@ def training_composite(loaded: Sequence[Loaded], ds, path: Path, size: int) -> P
     from gridcam.data import transforms as T
 
     to_tensor = T.Compose([T.Resize((size, size)), T.ToTensorNormalize()], allow_draft=False)
-    picked: list[tuple[torch.Tensor, int]] = []
-    for i in range(len(ds)):
-        if len(picked) == 4:
-            break
-        item = ds[i]
-        if item is None or len(item["classes"]) == 0:
-            continue
-        present = item["classes"].tolist()
-        # negatives: images without the composite's class (multi-label: not present at all)
-        if picked and (picked[0][1] in present or any(int(present[0]) == c for _, c in picked)):
-            continue
-        picked.append((to_tensor(_load(item["path"])), int(present[0])))
-    if len(picked) < 4:
+    items = _composite_items(ds)
+    if items is None:
         return None
+    picked = [(to_tensor(_load(ds[i]["path"])), c) for i, c in items]
     x, c = picked[0][0][None], picked[0][1]
-    negatives = torch.stack([p[0] for p in picked[1:]])[None]
     q = torch.tensor([1])
-    composite = grid.compose(x, negatives, q)
+    composite = grid.compose(x, torch.stack([p[0] for p in picked[1:]])[None], q)
     shown = Image.fromarray((T.denormalize(composite[0]).permute(1, 2, 0).numpy() * 255).astype("uint8"))
     target_cls = torch.tensor([c])
     rows = []

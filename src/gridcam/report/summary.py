@@ -154,6 +154,6 @@ def _noise(name: str, keys: Sequence[str], paired_ci: Mapping[tuple[str, str], t
     if notes:
         return notes[0][0].upper() + "; ".join(notes)[1:] + "."
     if n:
-        return (f"No intervals are available (one run each); one image is {100 / n:.2f} points of "
-                f"top-1 here, so differences of a point or two may be noise.")
+        return (f"No intervals are available (one run each); with {n} images, one image moves top-1 "
+                f"by {100 / n:.2f} points.")
     return "No intervals are available (one run each)."
