@@ -24,6 +24,7 @@ from PIL import Image
 
 from gridcam.errors import GridcamError
 from gridcam.report.names import class_names, resolve_class
+from gridcam.report.summary import METHOD_NAMES
 from gridcam.report.overlay import captioned, fit, overlay, sheet, with_colorbar
 
 #: Longest side of the pictures written (the heatmap is computed on the model input, then resized).
@@ -209,7 +210,7 @@ def run(cfg: ExplainConfig) -> dict[str, Any]:
         if with_sheet and sheet_class is not None:
             (out / "sheets").mkdir(exist_ok=True)
             title = f"{path.name}: explanations of '{lms[0].names[sheet_class]}'"
-            img = sheet(rows, row_labels=[lm.name for lm in lms], col_labels=["image", *cfg.methods],
+            img = sheet(rows, row_labels=[lm.name for lm in lms], col_labels=["image: top-3", *(METHOD_NAMES.get(m, m) for m in cfg.methods)],
                         title=title)
             img.save(out / "sheets" / f"{stem}.png")
             entry["sheet"] = f"sheets/{stem}.png"

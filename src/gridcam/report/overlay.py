@@ -86,8 +86,9 @@ def fit(image: Image.Image, height: int, max_width: int | None = None) -> Image.
 
 def with_colorbar(image: Image.Image, cmap: str = "jet", width: int = 14,
                   labels: tuple[str, str] = ("high", "low")) -> Image.Image:
-    """``image`` with a vertical colour bar on its right (top = the heatmap's maximum)."""
-    height = image.height
+    """``image`` with a vertical colour bar on its right (top = the heatmap's maximum); at least
+    64 px tall, so a thin strip of an image still gets a readable bar."""
+    height = max(image.height, 64)
     ramp = np.linspace(1.0, 0.0, max(2, height), dtype=np.float32)[:, None].repeat(width, 1)
     bar = Image.fromarray(colorize(ramp, cmap))
     f = font(11)
