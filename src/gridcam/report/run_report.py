@@ -134,11 +134,11 @@ def heatmap_comparison(loaded: Sequence[Loaded], ds, cfg: ReportConfig, names: l
         mask = item["masks"][present.index(k)] if k in present else None
         ground = mask_outline(image, mask) if mask is not None else image
         cells = [captioned(fit(ground, CELL, 2 * CELL), [f"{Path(item['path']).name}", f"{names[k]}: {why}"],
-                           size=12)]
+                           size=12, width=CELL + 40)]
         for lm, s in zip(loaded, scores[(i, k)]):
             heat = _heat(lm, method, item, k)
             over = mask_outline(overlay(image, heat), mask) if mask is not None else overlay(image, heat)
-            cells.append(captioned(fit(over, CELL, 2 * CELL), [f"{metric} {100 * s:.1f}"], size=12))
+            cells.append(captioned(fit(over, CELL, 2 * CELL), [f"{metric} {100 * s:.1f} %"], size=12))
         rows.append(cells)
     img = sheet(rows, col_labels=["image + ground truth", *(lm.run.name for lm in loaded)])
     img.save(path)
@@ -229,6 +229,9 @@ def build(cfg: ReportConfig) -> dict[str, Any]:
     rows = rows_from_runs(runs)
     ci = paired_ci(runs, cfg.method)
     text = sentence(rows, method=cfg.method, paired_ci=ci)
+    missing = [r.name for r in runs if r.results is None]
+    if missing:
+        text += f" No evaluation results in: {', '.join(missing)}."
     figures: list[tuple[str, Path, str]] = []
     curves = plot_curves(_curves_logs(runs), out / "curves.png")
     if curves is not None:
@@ -275,7 +278,7 @@ def write_page(path: Path, title: str, runs: Sequence[Run], rows: list, text: st
              "border-left:4px solid #4a7bd0}table{border-collapse:collapse;margin:1em 0;font-size:.92em}"
              "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,td:nth-child(2)"
              "{text-align:left}th{background:#eee}tr.diff td{color:#555;font-style:italic;background:#fafafa}"
-             "img{max-width:100%;display:block;margin:.5em 0}.runs td{text-align:left}"
+             "img{max-width:100%;display:block;margin:.5em 0}.runs td,.runs th{text-align:left}"
              "figcaption{color:#555;font-size:.9em}</style>",
              f"<h1>{e(title)}</h1>", f"<p class='summary'>{e(text, quote=False)}</p>"]
     parts.append("<h2>Runs</h2><table class='runs'><tr><th>name</th><th>folder</th><th>weights</th>"
@@ -285,8 +288,9 @@ def write_page(path: Path, title: str, runs: Sequence[Run], rows: list, text: st
                      f"<td>{sum(1 for x in r.log if isinstance(x.get('epoch'), int) and not x.get('evaluate'))}</td></tr>"
                      for r in runs) + "</table>")
     if rows:
-        parts.append("<h2>Results</h2>" + results_table(rows, "html") +
-                     "<p><small>Δ rows: each run minus the first, per method (points).</small></p>")
+        grouped = len({r.name for r in rows}) > 1
+        parts.append("<h2>Results</h2>" + results_table(rows, "html") + (
+            "<p><small>Δ rows: each run minus the first, per method (points).</small></p>" if grouped else ""))
     for caption, img, note in figures:
         rel = os.path.relpath(img, path.parent)
         parts.append(f"<h2>{e(caption)}</h2><figure><img src='{e(rel)}' alt='{e(caption)}'>"
