@@ -219,6 +219,10 @@ def _curves_logs(runs: Sequence[Run]) -> dict[str, list[dict[str, Any]]]:
 
 def build(cfg: ReportConfig) -> dict[str, Any]:
     """Write the page; return ``{"page", "markdown", "sentence", "rows"}``."""
+    from gridcam import cam
+
+    if cfg.method not in cam.list_methods():
+        raise GridcamError(f"--method {cfg.method}: unknown (choose from {', '.join(cam.list_methods())})")
     names = list(cfg.names or [])
     runs = [load_run(p, names[i] if i < len(names) else None) for i, p in enumerate(cfg.runs)]
     if len({r.name for r in runs}) < len(runs):
