@@ -257,7 +257,7 @@ def write_index(path: Path, record: dict[str, Any]) -> Path:
     """``index.html``: every image's sheet (or overlays) and predictions, linked relatively."""
     e = html.escape
     parts = ["<!doctype html><meta charset='utf-8'><title>gridcam explain</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+             "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
              "img{max-width:100%;border:1px solid #ddd}td,th{padding:2px 10px;text-align:left}"
              "h2{font-size:1.1em;margin-top:2em}</style>",
              "<h1>gridcam explain</h1>",
