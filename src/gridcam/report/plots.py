@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 #: (title, getter) of each panel; a panel is drawn only when some run has values for it.
 PANELS = (
-    ("training loss", lambda r: (r.get("train") or {}).get("loss")),
+    ("training loss (total)", lambda r: (r.get("train") or {}).get("loss")),
     ("GC loss (training)", lambda r: (r.get("train") or {}).get("gc_loss")),
     ("validation top-1 (%)", lambda r: (r.get("val") or {}).get("top1")),
     ("validation F1 overall (%)", lambda r: (r.get("val") or {}).get("f1_overall")),

@@ -281,7 +281,7 @@ def write_page(path: Path, title: str, runs: Sequence[Run], rows: list, text: st
              "border-bottom:1px solid #ddd}p.summary{font-size:1.05em;background:#f4f7fb;padding:.8em 1em;"
              "border-left:4px solid #4a7bd0}table{border-collapse:collapse;margin:1em 0;font-size:.92em}"
              "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,td:nth-child(2)"
-             "{text-align:left}th{background:#eee}tr.diff td{color:#555;font-style:italic;background:#fafafa}"
+             "{text-align:left}th{background:#eee}th:first-child,th:nth-child(2){text-align:left}tr.diff td{color:#555;font-style:italic;background:#fafafa}"
              "img{max-width:100%;display:block;margin:.5em 0}.runs td,.runs th{text-align:left}"
              "figcaption{color:#555;font-size:.9em}</style>",
              f"<h1>{e(title)}</h1>", f"<p class='summary'>{e(text, quote=False)}</p>"]

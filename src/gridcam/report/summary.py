@@ -20,7 +20,7 @@ COLUMNS = {
 }
 SHORT = {"top1": "top-1", "top5": "top-5", "f1_per_class": "per-class F1", "f1_overall": "overall F1",
          "pointing_game": "PG", "stochastic_pointing_game": "SPG", "content_heatmap": "CH"}
-METHOD_NAMES = {"gradcam": "Grad-CAM", "gradient": "gradient", "input_x_gradient": "input×gradient",
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradient": "gradient", "input_x_gradient": "input x gradient",
                 "smoothgrad": "SmoothGrad"}
 
 
@@ -152,7 +152,8 @@ def _noise(name: str, keys: Sequence[str], paired_ci: Mapping[tuple[str, str], t
             notes.append(f"the 95% interval of the paired {SHORT[k]} difference over {pairs} pairs is "
                          f"[{lo:+.2f}, {hi:+.2f}] and {verdict}")
     if notes:
-        return notes[0][0].upper() + "; ".join(notes)[1:] + "."
+        tail = f" Top-1 has no interval (one image is {100 / n:.2f} points)." if n else ""
+        return notes[0][0].upper() + "; ".join(notes)[1:] + "." + tail
     if n:
         return (f"No intervals are available (one run each); with {n} images, one image moves top-1 "
                 f"by {100 / n:.2f} points.")
