@@ -60,6 +60,7 @@ class LoadedModel:
     layer: torch.nn.Module
     names: list[str]
     wnids: list[str] = field(default_factory=list)
+    multilabel: bool = False   # COCO-style: independent sigmoid probabilities
 
 
 def warn(path: object, cause: str) -> None:
@@ -103,7 +104,8 @@ def load_models(cfg: ExplainConfig, device: torch.device, near: Sequence[Path]) 
         n = _num_classes(model)
         names = class_names(n, meta, cfg.classes, cfg.annotations, near=[Path(path).parent, *near])
         wnids = [str(c) for c in meta.get("classes") or []]
-        out.append(LoadedModel(name, model, models.cam_layer(model), names, wnids))
+        multilabel = meta.get("dataset") == "coco" or cfg.annotations is not None
+        out.append(LoadedModel(name, model, models.cam_layer(model), names, wnids, multilabel))
     return out
 
 
@@ -144,7 +146,8 @@ def explain_one(image: Image.Image, lm: LoadedModel, cfg: ExplainConfig, device:
 
     x = model_input(image, cfg.input_resize).to(device)
     with torch.no_grad():
-        probs = torch.softmax(lm.model(x).float(), dim=1)[0].cpu()
+        logits = lm.model(x).float()
+        probs = (torch.sigmoid(logits) if lm.multilabel else torch.softmax(logits, dim=1))[0].cpu()
     targets = _targets(lm, probs, cfg, sheet_class)
     disp = display_image(image)
     heats = {}

@@ -137,13 +137,13 @@ def sentence(rows: Sequence[Row], method: str | None = None,
                 text += (f"; {SHORT[k]} is " + (f"{abs(d):.2f} points {'higher' if d > 0 else 'lower'}"
                          if abs(d) >= 0.005 else "equal") + f" ({other.metrics[k]:.2f} vs {ref.metrics[k]:.2f})")
         text += "."
-        noise = _noise(other.name, loc, paired_ci or {}, n)
+        noise = _noise(other.name, loc, paired_ci or {}, n, cls[0] if cls else None)
         parts.append(text + (" " + noise if noise else ""))
     return " ".join(parts)
 
 
 def _noise(name: str, keys: Sequence[str], paired_ci: Mapping[tuple[str, str], tuple[float, float, int]],
-           n: int | None) -> str:
+           n: int | None, cls_key: str | None) -> str:
     notes = []
     for k in keys:
         if (name, k) in paired_ci:
@@ -151,10 +151,12 @@ def _noise(name: str, keys: Sequence[str], paired_ci: Mapping[tuple[str, str], t
             verdict = "includes 0, so the difference is within noise" if lo <= 0 <= hi else "excludes 0"
             notes.append(f"the 95% interval of the paired {SHORT[k]} difference over {pairs} pairs is "
                          f"[{lo:+.2f}, {hi:+.2f}] and {verdict}")
+    one_image = f" (one image is {100 / n:.2f} points)" if n and cls_key == "top1" else ""
     if notes:
-        tail = f" Top-1 has no interval (one image is {100 / n:.2f} points)." if n else ""
+        label = SHORT[cls_key][0].upper() + SHORT[cls_key][1:] if cls_key else ""
+        tail = f" {label} has no interval{one_image}." if cls_key else ""
         return notes[0][0].upper() + "; ".join(notes)[1:] + "." + tail
-    if n:
+    if n and cls_key == "top1":
         return (f"No intervals are available (one run each); with {n} images, one image moves top-1 "
                 f"by {100 / n:.2f} points.")
     return "No intervals are available (one run each)."
