@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from gridcam.cli import main as cli_main
@@ -113,3 +114,19 @@ def test_choose_images_takes_disagreements_then_agreements():
     assert chosen[0] == ((0, 1), "largest disagreement")   # spread 0.8 (image 3 counted once)
     assert chosen[1] == ((2, 0), "largest disagreement")   # spread 0.4
     assert chosen[2] == ((3, 3), "agreement")              # spread 0.02 and well scored
+
+
+def test_mask_outline_draws_only_the_border():
+    from gridcam.report.overlay import mask_outline, with_colorbar
+
+    img = Image.new("RGB", (10, 8), (0, 0, 0))
+    mask = torch.zeros(8, 10, dtype=torch.bool)
+    mask[2:6, 3:8] = True
+    out = mask_outline(img, mask, width=1)
+    import numpy as np
+
+    white = np.asarray(out).sum(-1) == 3 * 255
+    expected = mask.clone()
+    expected[3:5, 4:7] = False          # the interior stays untouched
+    assert (torch.from_numpy(white) == expected).all()
+    assert with_colorbar(Image.new("RGB", (300, 5))).height == 64   # a thin strip gets a readable bar

@@ -168,7 +168,7 @@ def mask_outline(image: Image.Image, mask: torch.Tensor | np.ndarray, color: tup
     if tuple(m.shape) != (image.height, image.width):
         m = torch.nn.functional.interpolate(m[None, None].float(), size=(image.height, image.width),
                                             mode="nearest")[0, 0].bool()
-    k = 2 * max(1, width) - 1
+    k = 2 * max(1, width) + 1
     # A pixel of the mask next to a pixel outside it (within ``width``) is on the border.
     inside = torch.nn.functional.max_pool2d((~m)[None, None].float(), k, stride=1, padding=k // 2)[0, 0] > 0
     edge = (m & inside).numpy()
