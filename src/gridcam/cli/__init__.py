@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from gridcam.cli import demo, evaluate, layers, misc, train
+from gridcam.cli import demo, evaluate, explain, layers, misc, report, train
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridcam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (demo.add_demo, train.add_train, evaluate.add_evaluate, misc.add_synth,
-                misc.add_coco_negatives, misc.add_models, misc.add_selfcheck, layers.add_layers):
+                explain.add_explain, report.add_report, misc.add_coco_negatives, misc.add_models,
+                layers.add_layers, misc.add_selfcheck):
         add(sub)
     return parser
 
