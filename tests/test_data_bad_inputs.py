@@ -1,9 +1,10 @@
-"""Bad input, written for real: truncated/corrupt/CMYK/grayscale JPEGs, missing files and XML,
-COCO images without annotations. Each is repaired or skipped with a warning naming the file and
-counted; nothing raises inside a DataLoader worker."""
+"""Bad input, written for real: truncated/corrupt/CMYK/grayscale/EXIF-rotated JPEGs, missing files
+and XML, broken COCO annotations. Each is repaired or skipped, told once as a Problem (stable reason
+code, the file, where in it, the cause) and counted; nothing raises inside a DataLoader worker."""
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from gridcam import data
+from gridcam import problems as P
 from gridcam.data import transforms as T
 from gridcam.errors import GridcamError
 
@@ -47,10 +49,15 @@ def test_load_image_repairs_modes_and_names_bad_files(folder):
     assert np.abs(np.asarray(cmyk).astype(int) - ref).mean() < 25  # JPEG-lossy, but the same picture
     gray = np.asarray(data.load_image(folder / "b" / "4_gray.JPEG"))
     assert gray.shape == (30, 40, 3) and (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
-    for name, reason in (("a/3_truncated.JPEG", "truncated"), ("b/2_corrupt.JPEG", "cannot read image .*2_corrupt"), ("b/missing.JPEG", "not found")):
-        with pytest.raises(data.BadImage, match=reason) as err:
+    (folder / "b" / "5_empty.JPEG").write_bytes(b"")
+    (folder / "b" / "6_text.JPEG").write_text("hello, I am a text file")
+    for name, code in (("a/3_truncated.JPEG", "truncated"), ("b/2_corrupt.JPEG", "truncated"),
+                       ("b/missing.JPEG", "not_found"), ("b/5_empty.JPEG", "empty_file"),
+                       ("b/6_text.JPEG", "not_an_image")):
+        with pytest.raises(data.BadImage) as err:
             data.load_image(folder / name)
         assert err.value.path == str(folder / name) and str(folder / name) in str(err.value)
+        assert err.value.code == code and err.value.problem.code == code, name
         assert isinstance(err.value, GridcamError)
 
 
@@ -58,14 +65,17 @@ def test_image_folder_skips_with_warning_and_collate_counts(folder):
     ds = data.ImageFolder(folder, T.train_transform(16))
     assert ds.classes == ["a", "b"] and len(ds) == 7
     items = []
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
+    out = io.StringIO()
+    with P.collecting(out) as col:
         for i in range(len(ds)):
             items.append(ds[i])
     bad = [ds.samples[i][0] for i, it in enumerate(items) if it is None]
     assert sorted(p.rsplit("/", 1)[1] for p in bad) == ["2_corrupt.JPEG", "3_truncated.JPEG"]
-    msgs = [str(w.message) for w in rec if issubclass(w.category, data.DataWarning)]
-    assert all(any(p in m for m in msgs) for p in bad)
+    lines = out.getvalue().splitlines()
+    assert sorted(lines[:2]) == sorted(f"gridcam: warning: {p}: {ds.load(ds.samples.index((p, t)))}"
+                                       for p, t in ((bad[0], 0), (bad[1], 1)))
+    assert col.counts == {"truncated": 2} and lines[2].endswith(": 2 truncated")
+    assert isinstance(ds.load(2), P.Problem) and ds.image_key(2) == "a/3_truncated.JPEG"
     images, targets, skipped = data.collate_skip(items)
     assert images.shape == (5, 3, 16, 16) and targets.tolist() == [0, 0, 1, 1, 1] and skipped == 2
     empty = data.collate_skip([None, None])
@@ -107,9 +117,11 @@ def test_val_missing_xml_and_bad_jpeg(tmp_path):
            "<ymax>9</ymax></bndbox></object></annotation>")
     (val / "ILSVRC2012_val_00000001.xml").write_text(xml)
     (val / "ILSVRC2012_val_00000003.xml").write_text(xml)
-    with pytest.warns(data.DataWarning, match="1 of 3 val images have no usable annotation"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is told at construction: once, when met
         ds = data.ImageNetValLoc(tmp_path, ["nA"], T.eval_transform(8))
     assert ds.missing_annotations[0][0].endswith("ILSVRC2012_val_00000002.JPEG")
+    assert ds.load(1).code == "xml_missing" and ds.load(2).code == "truncated"
     it = ds[0]
     assert it["masks"][0].sum() == 7 * 19  # rows 2..8, cols 1..19 (xmax 25 clipped to width 20)
     with pytest.warns(data.DataWarning, match="ILSVRC2012_val_00000002"):
@@ -135,12 +147,14 @@ def test_coco_missing_image_and_unannotated(tmp_path):
         ds = data.CocoDataset(tmp_path, "train2014", T.train_transform(8))
     assert len(ds) == 2 and ds.skipped_no_annotations == 1
     assert ds[0][1].tolist() == [1.0]
-    with pytest.warns(data.DataWarning, match="gone.jpg"):
+    with pytest.warns(data.DataWarning, match="gone.jpg: file not found"):
         assert ds[1] is None
-    with pytest.raises(GridcamError, match="instances_val2014.json"):
+    assert ds.load(1).code == "not_found" and ds.image_key(1) == "2"
+    with pytest.raises(GridcamError, match="instances_val2014.json.*holds instances_train2014.json; "
+                                           "use --split train2014"):
         data.CocoDataset(tmp_path, "val2014")
-    (tmp_path / "annotations" / "instances_val2014.json").write_text("{not json")
-    with pytest.raises(GridcamError, match="instances_val2014.json"):
+    (tmp_path / "annotations" / "instances_val2014.json").write_text('{"images": [], \n "categories": [}')
+    with pytest.raises(GridcamError, match="instances_val2014.json: line 2, column 17: not valid JSON"):
         data.CocoDataset(tmp_path, "val2014")
 
 
