@@ -172,3 +172,184 @@ def test_empty_or_missing_folders_are_user_errors(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             data.ImageNetValLoc(tmp_path / "v", None)
+
+
+# ----------------------------------------------------------------- issue 13: told plainly, once
+def _xml(w, h, objects):
+    objs = "".join(f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin>"
+                   f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+                   for n, b in objects)
+    return (f"<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+            f"{objs}</annotation>")
+
+
+def test_bad_xml_named_once_with_its_element(tmp_path):
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in (1, 2, 3, 4):
+        _noise(20, 16, i).save(val / f"v{i}.JPEG")
+    (val / "v1.xml").write_text(_xml(20, 16, [("nA", (2, 3, 9, 9))]))
+    (val / "v2.xml").write_text(_xml(20, 16, [("nA", (2, 3, 9, 9)), ("nA", ("x1", 3, 9, 9))]))
+    (val / "v3.xml").write_text("<annotation><size><width>20</wi")  # cut off
+    out = io.StringIO()
+    with P.collecting(out) as col:
+        ds = data.ImageNetValLoc(tmp_path, ["nA"], T.eval_transform(8))
+        for _ in range(2):  # an epoch twice: still told once
+            got = [ds[i] for i in range(len(ds))]
+    assert [g is None for g in got] == [False, True, True, True]
+    assert col.counts == {"xml_malformed": 2, "xml_missing": 1}
+    lines = out.getvalue().splitlines()
+    assert lines[0] == (f"gridcam: warning: {val / 'v2.xml'}: <object>[2]/<bndbox>/<xmin>: "
+                        "malformed annotation: not a number: 'x1'")
+    assert lines[1].startswith(f"gridcam: warning: {val / 'v3.xml'}: line 1, column ")
+    assert "not well-formed XML" in lines[1]
+    assert lines[2].startswith(f"gridcam: warning: {val / 'v4.JPEG'}: no annotation (looked for v4.xml in ")
+    assert len(lines) == 4 and lines[3] == "gridcam: 3 data problem(s) worked around: 2 xml_malformed, 1 xml_missing"
+    # classification use: the same problems, told once at construction
+    out2 = io.StringIO()
+    with P.collecting(out2) as col2:
+        cls = data.ImageNetVal(tmp_path, ["nA"], T.val_transform(8, 8))
+    assert len(cls.samples) == 1 and col2.counts == {"xml_malformed": 2, "xml_missing": 1}
+    assert [p.code for p in cls.problems] == ["xml_malformed", "xml_malformed", "xml_missing"]
+
+
+def _coco(tmp_path, anns, categories=({"id": 5, "name": "e"}, {"id": 7, "name": "s"}), split="val2014"):
+    (tmp_path / split).mkdir(exist_ok=True)
+    (tmp_path / "annotations").mkdir(exist_ok=True)
+    _noise(10, 8).save(tmp_path / split / "x.jpg")
+    js = {"images": [{"id": 1, "file_name": "x.jpg", "height": 8, "width": 10}],
+          "categories": list(categories), "annotations": anns}
+    path = tmp_path / "annotations" / f"instances_{split}.json"
+    path.write_text(json.dumps(js))
+    return path
+
+
+def _ann(i, cat, seg, bbox=None):
+    a = {"id": i, "image_id": 1, "category_id": cat, "iscrowd": 0, "area": 1, "segmentation": seg}
+    if bbox is not None:
+        a["bbox"] = bbox
+    return a
+
+
+def test_coco_bad_annotation_skipped_alone_bbox_fallback(tmp_path):
+    square = [[0, 0, 4, 0, 4, 4, 0, 4]]  # columns 0..3, rows 0..3
+    ann_file = _coco(tmp_path, [
+        _ann(11, 5, square),                         # good
+        _ann(12, 5, [], bbox=[6, 5, 2, 2]),          # empty list: its bbox (cols 6-7, rows 5-6) is used
+        _ann(13, 5, [[1, 2]]),                       # a 2-number "polygon", no bbox: left out alone
+        _ann(14, 7, "garbage"),                      # category 7: its only instance is undecodable
+        _ann(15, 99, square),                        # unknown category
+    ])
+    out = io.StringIO()
+    with P.collecting(out) as col:
+        ds = data.CocoLoc(tmp_path, "val2014", T.eval_transform(8))
+        it = ds[0]
+    assert ds.categories == [5, 7] and ds.present(0).tolist() == [0, 1]  # 7 is present, 99 is not
+    assert it["classes"].tolist() == [0] and it["label"].tolist() == [1.0, 1.0]
+    expect = torch.zeros(8, 10, dtype=torch.bool)
+    expect[0:4, 0:4] = True
+    expect[5:7, 6:8] = True
+    assert torch.equal(it["masks"][0], expect)
+    assert [(c, p.code) for c, p in it["skipped"]] == [(1, "bad_segmentation")]
+    assert [(p.code, p.where) for p in it["problems"]] == [
+        ("bad_segmentation", "annotation 12"), ("bad_segmentation", "annotation 13"),
+        ("bad_segmentation", "annotation 14")]
+    assert col.counts == {"unknown_category": 1, "bad_segmentation": 4}
+    lines = out.getvalue().splitlines()
+    f = str(ann_file)
+    assert lines[0] == (f"gridcam: warning: {f}: annotation 15: category_id 99 is not among the file's "
+                        "categories; annotation skipped")
+    assert lines[1] == (f"gridcam: warning: {f}: annotation 12: cannot decode the segmentation (empty "
+                        "segmentation list): its bbox is used instead")
+    assert lines[2].startswith(f"gridcam: warning: {f}: annotation 13: cannot decode the segmentation "
+                               "(polygon 0 is not an even number >= 6 of coordinates (2))")
+    assert lines[2].endswith("and it has no usable bbox: annotation skipped")
+    assert "of any 's' instance of image 1: pair skipped" in lines[4]
+
+
+def test_coco_annotation_without_ids_is_skipped_alone(tmp_path):
+    _coco(tmp_path, [_ann(1, 5, [[0, 0, 4, 0, 4, 4, 0, 4]]), {"id": 2, "image_id": "one", "category_id": 5},
+                     {"id": 3, "image_id": 77, "category_id": 5}])
+    with P.collecting(io.StringIO()) as col:
+        ds = data.CocoLoc(tmp_path, "val2014", T.eval_transform(8))
+    assert len(ds) == 1 and col.counts == {"bad_annotation": 1, "unknown_image": 1}
+    assert [p.where for p in ds.problems] == ["annotation 2", "annotation 3"]
+
+
+def test_coco_split_hint_and_only_file_used(tmp_path, capsys):
+    _coco(tmp_path, [_ann(1, 5, [[0, 0, 4, 0, 4, 4, 0, 4]])], split="val2017")
+    ds = data.CocoLoc(tmp_path, None, T.eval_transform(8))  # no split given: the only file is used
+    assert ds.split == "val2017" and ds.annotation_file.name == "instances_val2017.json"
+    err = capsys.readouterr().err
+    assert err.startswith("gridcam: note: instances_val2014.json not found; using the only annotation file")
+    assert err.rstrip().endswith("(--split val2017)")
+    with pytest.raises(GridcamError, match=r"instances_val2014.json: COCO annotation file not found; .* holds "
+                                           r"instances_val2017.json; use --split val2017"):
+        data.CocoLoc(tmp_path, "val2014")
+    _coco(tmp_path, [_ann(1, 5, [[0, 0, 4, 0, 4, 4, 0, 4]])], split="train2017")
+    with pytest.raises(GridcamError, match="use --split train2017 or --split val2017"):
+        data.CocoLoc(tmp_path, None)
+    assert data.coco.find_annotation_file(tmp_path, "val2017")[1] == "val2017"
+
+
+def _exif_jpeg(path, w, h, orientation):
+    img = _noise(w, h, 7)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img.save(path, quality=95, exif=exif)
+
+
+@pytest.mark.parametrize("orientation,annotated,code,rotated,words", [
+    (6, (40, 30), "exif_rotated", True, "matches the rotated (displayed) frame, not the stored 40x30"),
+    (6, (30, 40), None, False, None),                       # the stored frame: nothing to tell
+    (6, (50, 50), "size_mismatch", False, "carries EXIF orientation 6 (displayed rotated 90 degrees "
+                                          "clockwise) but neither frame matches"),
+    (3, (30, 40), "exif_rotated", False, "the sizes cannot tell which frame"),
+    (1, (50, 50), "size_mismatch", False, "decoded size 40x30 differs from the annotated 50x50"),
+])
+def test_exif_rule(tmp_path, orientation, annotated, code, rotated, words):
+    """Stored 40x30 (WxH); ``annotated`` is (H, W) as in the XML/JSON."""
+    path = tmp_path / "e.jpg"
+    _exif_jpeg(path, 40, 30, orientation)
+    out, size, problem = data.load_annotated(path, None, annotated)
+    assert (problem.code if problem else None) == code
+    if words:
+        assert words in problem.cause and problem.file == str(path)
+    assert size == ((40, 30) if rotated else (30, 40)) and (out.height, out.width) == size
+    if rotated:  # what a viewer shows: PIL's exif_transpose of the stored pixels
+        from PIL import ImageOps
+
+        with Image.open(path) as raw:
+            expect = np.asarray(ImageOps.exif_transpose(raw.convert("RGB")))
+        assert np.array_equal(np.asarray(out), expect)
+
+
+def test_exif_rotated_annotation_is_scored_in_the_rotated_frame(tmp_path):
+    val = tmp_path / "val"
+    val.mkdir()
+    _exif_jpeg(val / "r.JPEG", 40, 30, 6)                    # displayed 30 wide, 40 high
+    (val / "r.xml").write_text(_xml(30, 40, [("nA", (1, 31, 30, 40))]))  # the bottom 10 rows (displayed)
+    with P.collecting(io.StringIO()) as col:
+        it = data.ImageNetValLoc(tmp_path, ["nA"], T.eval_transform(16))[0]
+    assert col.counts == {"exif_rotated": 1} and it["size"] == (40, 30)
+    assert it["masks"].shape == (1, 40, 30) and it["masks"][0, 30:].all() and not it["masks"][0, :30].any()
+    assert it["image"].shape == (3, 21, 16)  # shorter side 16 of the displayed 30x40
+
+
+def test_image_keys_are_identities_not_positions(tmp_path):
+    val = tmp_path / "val"
+    val.mkdir()
+    for name in ("b", "c"):
+        _noise(20, 16, 1).save(val / f"{name}.JPEG")
+        (val / f"{name}.xml").write_text(_xml(20, 16, [("nA", (2, 3, 9, 9))]))
+    ds = data.ImageNetValLoc(tmp_path, ["nA"])
+    assert [data.image_key(ds, i) for i in range(2)] == ["b.JPEG", "c.JPEG"]
+    _noise(20, 16, 1).save(val / "a.JPEG")  # a neighbour appears before them
+    ds2 = data.ImageNetValLoc(tmp_path, ["nA"])
+    assert data.image_key(ds2, 1) == "b.JPEG" and ds2.load(1)["key"] == "b.JPEG"
+    assert data.image_key(torch.utils.data.Subset(ds2, [2]), 0) == "c.JPEG"
+    assert data.image_key([10, 20], 1) == "#1"
+    # BLAKE2b, fixed for ever (results.json files of earlier runs stay reproducible)
+    assert data.key_seed(0, "ILSVRC2012_val_00000001.JPEG") == 2455325049195864715
+    assert data.key_seed(1, "ILSVRC2012_val_00000001.JPEG") == 1651248222500807361
+    assert data.key_seed(0, "139") == 4973111135409206090
