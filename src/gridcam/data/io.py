@@ -40,6 +40,17 @@ def warn(message: str) -> None:
     warnings.warn(message, DataWarning, stacklevel=3)
 
 
+def _jpeg_without_end(path: str | os.PathLike) -> bool:
+    """The file starts as a JPEG (SOI marker) but does not end with the EOI marker."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+            f.seek(-2, os.SEEK_END)
+            return head == b"\xff\xd8\xff" and f.read(2) != b"\xff\xd9"
+    except OSError:
+        return False
+
+
 def classify(path: str | os.PathLike, exc: BaseException) -> BadImage:
     """The :class:`BadImage` for an exception PIL raised while opening/decoding ``path``."""
     text = f"{exc}"
@@ -53,6 +64,9 @@ def classify(path: str | os.PathLike, exc: BaseException) -> BadImage:
         empty = False
     if empty:
         return BadImage(path, "empty file (0 bytes)", "empty_file")
+    if _jpeg_without_end(path):
+        return BadImage(path, f"truncated: the JPEG ends before its end-of-image marker "
+                              f"({type(exc).__name__}: {text})", "truncated")
     if isinstance(exc, UnidentifiedImageError):
         return BadImage(path, "not an image (PIL cannot identify the format)", "not_an_image")
     if "truncated" in text.lower():

@@ -1,0 +1,194 @@
+"""Property (issue 13): corrupt a synthetic dataset at random, and every run still ends well.
+
+Each example copies a small synthetic ImageNet, corrupts a few of its files at random (a JPEG cut
+at a random byte, its first byte flipped, emptied; an XML cut at a random byte and followed by
+random garbage, or deleted), runs ``gridcam evaluate imagenet`` (and ``gridcam train imagenet``
+for one epoch) through ``gridcam.cli.main`` and checks: exit status 0, every corrupted file named
+on exactly one ``gridcam: warning:`` line of stderr, no Python source path, the summary's counts
+by reason equal to the corruptions made, and every untouched (image, class) pair scored exactly
+as on the clean dataset. Seeded loops (few examples), not hypothesis: each example runs the CLI.
+
+Parts that need the engine to use the data layer's problems and image keys (issue 13 integration)
+are marked xfail (non-strict) until then.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gridcam import models
+from gridcam.cli import main as cli_main
+from gridcam.data import synthetic
+
+CLASSES = 2
+RESIZE = 48
+#: corruption -> the reason code it must be reported with
+EXPECTED = {"jpeg_cut": "truncated", "jpeg_flip": "not_an_image", "jpeg_empty": "empty_file",
+            "xml_garbage": "xml_malformed", "xml_delete": "xml_missing"}
+NEEDS_ENGINE = pytest.mark.xfail(reason="needs engine integration", strict=False)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> dict:
+    """A synthetic ImageNet (no CSV, so XML problems are not hidden by it), a checkpoint, and the
+    clean per-image records."""
+    base = tmp_path_factory.mktemp("prop")
+    root = synthetic.make_imagenet(base / "clean", classes=CLASSES, train_per_class=4,
+                                   val_per_class=4, image_size=40, seed=3)
+    (root / "LOC_val_solution.csv").unlink()
+    torch.manual_seed(0)
+    ckpt = base / "tiny.pth.tar"
+    torch.save({"state_dict": models.create("tiny_resnet", num_classes=CLASSES).state_dict(),
+                "arch": "tiny_resnet", "epoch": 1, "num_classes": CLASSES}, ckpt)
+    rc, _, records = _evaluate(root, ckpt, base / "clean_out")
+    assert rc == 0
+    return {"root": root, "ckpt": ckpt, "records": records}
+
+
+def _evaluate(root: Path, ckpt: Path, out: Path, capsys=None, extra=()) -> tuple[int, str, dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    rc = cli_main(["evaluate", "imagenet", str(root), "--checkpoint", str(ckpt), "--input-resize",
+                   str(RESIZE), "-j", "0", "--quiet", "--output", str(out / "r.json"),
+                   "--per-image", str(out / "r.jsonl"), *extra])
+    err = capsys.readouterr().err if capsys is not None else ""
+    return rc, err, _pairs(out / "r.jsonl")
+
+
+def _pairs(path: Path) -> dict:
+    """(file name, class, method) -> the pair's scores, from the per-image records."""
+    out = {}
+    for line in path.read_text().splitlines()[1:]:
+        r = json.loads(line)
+        if "method" in r:
+            out[(Path(r["image"]).name, r["class"], r["method"])] = {
+                k: r.get(k) for k in ("pg_hit", "point", "spg", "ch", "skipped")}
+    return out
+
+
+def corrupt(folder: Path, rng: np.random.Generator, n: int, kinds=tuple(EXPECTED),
+            pattern: str = "*.JPEG") -> list[tuple[Path, str, str]]:
+    """Corrupt ``n`` distinct images of ``folder`` (one corruption each, drawn from ``kinds``);
+    returns ``(file named in the report, expected code, image file name)``."""
+    images = sorted(folder.glob(pattern))
+    chosen = rng.choice(len(images), size=n, replace=False)
+    done = []
+    for k in chosen:
+        jpeg = images[int(k)]
+        kind = str(rng.choice(list(kinds)))
+        xml = jpeg.with_suffix(".xml")
+        raw = jpeg.read_bytes()
+        if kind == "jpeg_cut":      # anywhere but the last two bytes (a JPEG without EOI decodes)
+            jpeg.write_bytes(raw[:int(rng.integers(8, len(raw) - 2))])
+        elif kind == "jpeg_flip":   # the SOI marker's first byte: no longer a JPEG, nor anything else
+            jpeg.write_bytes(bytes([raw[0] ^ int(rng.integers(1, 256))]) + raw[1:])
+        elif kind == "jpeg_empty":
+            jpeg.write_bytes(b"")
+        elif kind == "xml_garbage":  # cut before the root closes, then random bytes
+            text = xml.read_bytes()
+            cut = int(rng.integers(0, len(text) - len(b"</annotation>")))
+            xml.write_bytes(text[:cut] + rng.integers(0, 256, int(rng.integers(1, 40)), dtype=np.uint8).tobytes())
+        else:
+            xml.unlink()
+        named = xml if kind == "xml_garbage" else jpeg
+        done.append((named, EXPECTED[kind], jpeg.name))
+    return done
+
+
+def _summary_counts(err: str) -> dict[str, int]:
+    lines = [x for x in err.splitlines() if x.startswith("gridcam: ") and "data problem(s)" in x]
+    assert len(lines) == 1, err
+    return {code: int(n) for n, code in re.findall(r"(\d+) (\w+)", lines[0].split(": ", 2)[2])}
+
+
+def _check_told_once(err: str, corrupted: list[tuple[Path, str, str]]) -> None:
+    assert "Traceback" not in err and not re.search(r"\.py:\d+", err), err
+    warning_lines = [x for x in err.splitlines() if x.startswith("gridcam: warning: ")]
+    for named, code, _ in corrupted:
+        hits = [x for x in warning_lines if x.startswith(f"gridcam: warning: {named}:")]
+        assert len(hits) == 1, (named, code, err)
+    assert _summary_counts(err) == dict(Counter(code for _, code, _ in corrupted))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_evaluation_with_random_corruption(clean, seed, tmp_path, capsys):
+    root = tmp_path / "d"
+    shutil.copytree(clean["root"], root)
+    corrupted = corrupt(root / "val", np.random.default_rng(seed), n=3)
+    rc, err, pairs = _evaluate(root, clean["ckpt"], tmp_path / "out", capsys)
+    assert rc == 0, err
+    _check_told_once(err, corrupted)
+    touched = {name for _, _, name in corrupted}
+    untouched = {k: v for k, v in clean["records"].items() if k[0] not in touched}
+    assert untouched and {k: pairs[k] for k in untouched} == untouched
+    assert not any(k[0] in touched for k in pairs)
+
+
+@NEEDS_ENGINE
+def test_records_carry_reason_codes(clean, tmp_path, capsys):
+    """The per-image records and results.json count skipped images by the stable reason code."""
+    root = tmp_path / "d"
+    shutil.copytree(clean["root"], root)
+    corrupted = corrupt(root / "val", np.random.default_rng(5), n=4)
+    rc, err, _ = _evaluate(root, clean["ckpt"], tmp_path / "out", capsys)
+    assert rc == 0
+    res = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert res["images"]["skipped_reasons"] == dict(sorted(Counter(c for _, c, _ in corrupted).items()))
+    recs = [json.loads(x) for x in (tmp_path / "out" / "r.jsonl").read_text().splitlines()[1:]]
+    by_image = {Path(r["image"]).name: r for r in recs if "skipped" in r and "method" not in r}
+    for named, code, name in corrupted:
+        assert by_image[name]["skipped"] == code and by_image[name]["file"] == str(named)
+
+
+@NEEDS_ENGINE
+def test_spg_does_not_depend_on_neighbours(clean, tmp_path, capsys):
+    """SPG draws are seeded by the image's identity: deleting other images (or --limit) changes
+    no remaining image's SPG."""
+    root = tmp_path / "d"
+    shutil.copytree(clean["root"], root)
+    gone = sorted((root / "val").glob("*.JPEG"))[:2]
+    for p in gone:
+        p.unlink()
+        p.with_suffix(".xml").unlink()
+    rc, _, pairs = _evaluate(root, clean["ckpt"], tmp_path / "out", capsys)
+    assert rc == 0
+    kept = {k: v for k, v in clean["records"].items() if k[0] not in {p.name for p in gone}}
+    assert {k: pairs[k]["spg"] for k in kept} == {k: v["spg"] for k, v in kept.items()}
+
+
+@NEEDS_ENGINE
+def test_loader_workers_report_through_the_main_process(clean, tmp_path, capsys):
+    """With loader worker processes, the problems still reach the main process's summary."""
+    root = tmp_path / "d"
+    shutil.copytree(clean["root"], root)
+    corrupted = corrupt(root / "val", np.random.default_rng(7), n=3, kinds=("jpeg_cut", "jpeg_empty"))
+    (tmp_path / "out").mkdir()
+    rc = cli_main(["evaluate", "imagenet", str(root), "--checkpoint", str(clean["ckpt"]),
+                   "--input-resize", str(RESIZE), "-j", "2", "--quiet",
+                   "--output", str(tmp_path / "out" / "r.json")])
+    assert rc == 0
+    _check_told_once(capsys.readouterr().err, corrupted)
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_one_epoch_of_training_with_random_corruption(clean, seed, tmp_path, capsys):
+    root = tmp_path / "d"
+    shutil.copytree(clean["root"], root)
+    shutil.rmtree(root / "val")  # training only (validation is covered above)
+    corrupted = corrupt(root / "train", np.random.default_rng(seed), n=3,
+                        kinds=("jpeg_cut", "jpeg_flip", "jpeg_empty"), pattern="*/*.JPEG")
+    rc = cli_main(["train", "imagenet", str(root), "-a", "tiny_resnet", "--epochs", "1", "-b", "4",
+                   "-j", "0", "--image-size", "64", "--lambda", "1", "--seed", "0",
+                   "--save-dir", str(tmp_path / "run"), "--device", "cpu", "--print-freq", "1000"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    _check_told_once(err, corrupted)
+    (line,) = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert line["train"]["skipped_images"] == 3 and line["train"]["samples"] == 4 * CLASSES - 3
