@@ -92,3 +92,11 @@ def test_problem_error_is_a_user_error_and_pickles():
     assert isinstance(e, GridcamError) and str(e) == "/a.jpg: cut"
     back = pickle.loads(pickle.dumps(e))
     assert back.problem == e.problem
+
+
+def test_readme_text_lists_every_reason_code():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "readme" / "issue13-bad-input.md").read_text()
+    for code, meaning in P.REASONS.items():
+        assert f"| `{code}` | {meaning} |" in text, code

@@ -29,35 +29,42 @@ from typing import IO, Iterator
 
 from gridcam.errors import GridcamError
 
-#: Stable reason codes -> what they mean (the README's table is generated from this).
+#: Stable reason codes -> what they mean and what gridcam does (the README's table lists them).
 REASONS: dict[str, str] = {
     # image files
-    "not_found": "the file does not exist",
-    "empty_file": "the file has zero bytes",
-    "not_an_image": "the file is not an image format PIL can identify",
-    "truncated": "the image data ends early (cut-off download or copy)",
-    "corrupt_image": "the image data cannot be decoded",
-    "too_large": "the image exceeds PIL's decompression-bomb limit",
-    "size_mismatch": "the decoded size differs from the annotated size (masks clipped/padded)",
-    "exif_rotated": "the JPEG carries an EXIF rotation; the message tells which frame the "
-                    "annotation matches",
+    "not_found": "the image file does not exist: image skipped",
+    "empty_file": "the file has zero bytes: image skipped",
+    "not_an_image": "not an image format PIL can identify: image skipped",
+    "truncated": "the image data ends early (a JPEG without its end marker, a cut-off copy): "
+                 "image skipped",
+    "corrupt_image": "the image data cannot be decoded: image skipped",
+    "too_large": "larger than PIL's decompression-bomb limit: image skipped",
+    "unreadable": "the file cannot be read (permissions, a folder): image skipped",
+    "size_mismatch": "the decoded size differs from the annotated one and no EXIF rotation explains "
+                     "it: boxes/masks clipped or padded to the decoded image, pair scored",
+    "exif_rotated": "the JPEG carries an EXIF orientation: rotated when the annotation matches the "
+                    "displayed frame, else the stored frame is used; pair scored",
     # ImageNet / VOC annotations
-    "xml_missing": "no annotation (XML or CSV row) for the image",
-    "xml_malformed": "the XML cannot be parsed or lacks a required element",
-    "unknown_class": "the object's wnid is not among the classes",
-    "no_objects": "the annotation lists no object",
-    "all_difficult": "every box of the class is marked difficult",
-    "box_outside": "every box of the class lies outside the image",
+    "xml_missing": "no XML (or CSV row) for the image: image skipped",
+    "xml_malformed": "the XML is not well-formed, or a required element is missing or not a "
+                     "number (the element is named): image skipped",
+    "unknown_class": "the first object's wnid is not among the classes: pair skipped, no top-k label",
+    "no_objects": "the annotation lists no object: pair skipped",
+    "all_difficult": "every box of the class is marked difficult: pair skipped (the paper's rule; "
+                     "counted, not printed)",
+    "box_outside": "every box of the class lies outside the image: pair skipped",
     # COCO annotations
-    "no_annotations": "the image has no annotation (skipped, as in the paper)",
-    "unknown_category": "the annotation's category_id is not among the file's categories",
-    "unknown_image": "the annotation's image_id is not among the file's images",
-    "bad_segmentation": "the segmentation cannot be decoded (its bbox is used when present)",
-    "bad_annotation": "the annotation has neither a usable segmentation nor a bbox",
-    "empty_mask": "the class's mask has no pixel",
+    "no_annotations": "the COCO image has no annotation: image skipped, as in the paper (one line "
+                      "per file)",
+    "unknown_category": "the annotation's category_id is not among the file's categories: "
+                        "annotation skipped",
+    "unknown_image": "the annotation's image_id is not among the file's images: annotation skipped",
+    "bad_annotation": "the annotation lacks an integer image_id or category_id: annotation skipped",
+    "bad_segmentation": "the segmentation cannot be decoded: its bbox is used when it has one, else "
+                        "the annotation is skipped; a category left with no instance is a skipped pair",
+    "empty_mask": "the category's instances cover no pixel: pair skipped",
     # scoring
-    "zero_heatmap": "the explanation is zero everywhere (nothing to point with)",
-    "unreadable": "the input could not be read (other cause)",
+    "zero_heatmap": "the explanation is zero everywhere: pair skipped",
 }
 
 
