@@ -5,6 +5,15 @@ Layout: ``root/<split>/<file_name>`` and ``root/annotations/instances_<split>.js
 order (80 for COCO, whose ids run 1..90 with gaps). Every annotation counts, crowd (``iscrowd=1``,
 RLE) ones included, as in the paper's loader and TorchRay's COCO masks. Images without any
 annotation are skipped (as the paper does) and counted in ``.skipped_no_annotations``.
+
+Bad annotations are skipped one by one, never the whole file or pair (reason codes in
+:mod:`gridcam.problems`, each naming the file and ``annotation ID``): no integer
+image_id/category_id (``bad_annotation``), a category or image not in the file
+(``unknown_category``, ``unknown_image``), a segmentation that cannot be decoded
+(``bad_segmentation``: its ``bbox`` is used instead when it has a usable one). The JSON is read
+with :mod:`json` and indexed by pycocotools' ``COCO.createIndex`` (identical indexes). Without a
+``split``, a missing ``instances_val2014.json`` falls back to the only ``instances_*.json`` there
+is; otherwise the error lists those that exist (:func:`find_annotation_file`).
 """
 
 from __future__ import annotations

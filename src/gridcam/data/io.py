@@ -1,9 +1,11 @@
 """Decoding images robustly: RGB always, a named :class:`BadImage` for anything unreadable.
 
-Datasets call :func:`load_transformed` inside ``__getitem__``; it turns every decoding problem
-(missing file, not an image, truncated or corrupt JPEG, decompression bomb) into ``BadImage`` so the
-dataset can warn with the file name and return ``None`` instead of letting a worker process die with
-a traceback. Problems in the transforms themselves are bugs and are not caught.
+Datasets call :func:`load_transformed` (or :func:`load_annotated`, which also applies the EXIF
+rule) inside ``__getitem__``; it turns every decoding problem into ``BadImage``, whose
+``problem`` has a reason code — ``not_found``, ``empty_file``, ``not_an_image``, ``truncated`` (a
+JPEG without its end-of-image marker, or PIL's "truncated"), ``corrupt_image``, ``too_large``,
+``unreadable`` — so the dataset can hand the problem on instead of letting a worker process die
+with a traceback. Problems in the transforms themselves are bugs and are not caught.
 """
 
 from __future__ import annotations
