@@ -196,15 +196,17 @@ def note(text: str) -> None:
 
 @contextmanager
 def plain_warnings() -> Iterator[None]:
-    """Inside the block, a ``DataWarning`` or ``UserWarning`` is shown as one line
-    ``gridcam: warning: MESSAGE`` on stderr, without Python's source path and line (other warning
-    categories keep Python's format). Forked worker processes inherit the format."""
+    """Inside the block, a ``DataWarning``, or a ``UserWarning`` raised by gridcam's own code, is
+    shown as one line ``gridcam: warning: MESSAGE`` on stderr, without Python's source path and
+    line (other warnings keep Python's format). Forked worker processes inherit the format."""
     from gridcam.data.io import DataWarning
 
     old = warnings.showwarning
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
-        if issubclass(category, (DataWarning, UserWarning)):
+        ours = issubclass(category, UserWarning) and os.path.abspath(str(filename)).startswith(package)
+        if issubclass(category, DataWarning) or ours:
             text = " ".join(str(message).split())
             if not text.startswith("gridcam: "):
                 text = f"gridcam: warning: {text}"
