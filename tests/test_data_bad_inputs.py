@@ -353,3 +353,17 @@ def test_image_keys_are_identities_not_positions(tmp_path):
     assert data.key_seed(0, "ILSVRC2012_val_00000001.JPEG") == 2455325049195864715
     assert data.key_seed(1, "ILSVRC2012_val_00000001.JPEG") == 1651248222500807361
     assert data.key_seed(0, "139") == 4973111135409206090
+
+
+def test_load_item_gives_the_problem_without_reporting(folder):
+    ds = data.ImageFolder(folder, T.train_transform(16))
+    bad = next(i for i, (p, _) in enumerate(ds.samples) if p.endswith("3_truncated.JPEG"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing reported
+        got = data.load_item(torch.utils.data.Subset(ds, [0, bad]), 1)
+        assert isinstance(got, P.Problem) and got.code == "truncated" and got.file == ds.samples[bad][0]
+        assert data.load_item(ds, 0)[1] == 0
+        assert data.load_item([None], 0).code == "unreadable"
+    batch = data.collate_loc([got, None])
+    assert batch.n_skipped == 2 and batch.problems == [got]
+    assert data.collate_skip([got, data.load_item(ds, 0)])[2] == 1

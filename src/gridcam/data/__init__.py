@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from . import synthetic, transforms
 from .coco import CocoDataset, CocoLoc, load_coco
-from .collate import LocBatch, collate_loc, collate_skip
+from .collate import LocBatch, collate_loc, collate_skip, load_item
 from .folders import IMG_EXTENSIONS, ImageFolder
 from .gridding import GridDataset, collate_grid
 from .identity import image_key, key_seed
@@ -30,6 +30,6 @@ __all__ = [
     "image_key", "key_seed",
     "ImageFolder", "IMG_EXTENSIONS", "CocoDataset", "CocoLoc", "load_coco",
     "ImageNetValLoc", "ImageNetVal", "imagenet_val", "load_class_list", "boxes_mask",
-    "collate_skip", "collate_loc", "LocBatch", "GridDataset", "collate_grid",
+    "collate_skip", "collate_loc", "LocBatch", "load_item", "GridDataset", "collate_grid",
     "build_coco_negatives", "save_negatives", "load_negatives",
 ]

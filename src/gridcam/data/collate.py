@@ -17,6 +17,23 @@ def _unusable(item) -> bool:
     return item is None or isinstance(item, Problem)
 
 
+def load_item(dataset, index: int):
+    """Item ``index`` of ``dataset`` or the :class:`~gridcam.problems.Problem` that prevents it,
+    without reporting anything (the caller reports in the main process): ``dataset.load(index)``
+    when the dataset has it (every gridcam reader), through ``Subset``; else ``dataset[index]``,
+    a ``None`` becoming an ``unreadable`` Problem named ``#index``."""
+    base, i = dataset, int(index)
+    while isinstance(base, torch.utils.data.Subset):
+        base, i = base.dataset, int(base.indices[i])
+    load = getattr(base, "load", None)
+    if callable(load):
+        return load(i)
+    item = base[i]
+    if item is None:
+        return Problem("unreadable", f"#{i}", "the dataset could not give this item")
+    return item
+
+
 def _stack_targets(targets: list) -> torch.Tensor:
     if not targets:
         return torch.zeros(0, dtype=torch.long)
@@ -60,4 +77,4 @@ def collate_loc(items: list) -> LocBatch:
     return LocBatch(kept, len(items) - len(kept), [it for it in items if isinstance(it, Problem)])
 
 
-__all__ = ["collate_skip", "collate_loc", "LocBatch"]
+__all__ = ["collate_skip", "collate_loc", "LocBatch", "load_item"]
