@@ -348,6 +348,9 @@ def test_image_keys_are_identities_not_positions(tmp_path):
     ds2 = data.ImageNetValLoc(tmp_path, ["nA"])
     assert data.image_key(ds2, 1) == "b.JPEG" and ds2.load(1)["key"] == "b.JPEG"
     assert data.image_key(torch.utils.data.Subset(ds2, [2]), 0) == "c.JPEG"
+    assert data.image_path(torch.utils.data.Subset(ds2, [2]), 0) == str(val / "c.JPEG")
+    assert ds2.load(0).code == "xml_missing" and data.image_path(ds2, 0) == str(val / "a.JPEG")
+    assert data.image_path([1], 0) is None
     assert data.image_key([10, 20], 1) == "#1"
     # BLAKE2b, fixed for ever (results.json files of earlier runs stay reproducible)
     assert data.key_seed(0, "ILSVRC2012_val_00000001.JPEG") == 2455325049195864715

@@ -18,7 +18,7 @@ from .coco import CocoDataset, CocoLoc, load_coco
 from .collate import LocBatch, collate_loc, collate_skip, load_item
 from .folders import IMG_EXTENSIONS, ImageFolder
 from .gridding import GridDataset, collate_grid
-from .identity import image_key, key_seed
+from .identity import image_key, image_path, key_seed
 from .imagenet import ImageNetVal, ImageNetValLoc, boxes_mask, imagenet_val, load_class_list
 from .io import BadImage, DataWarning, image_size, load_annotated, load_image, load_transformed
 from .negatives import build_coco_negatives, load_negatives, save_negatives
@@ -27,7 +27,7 @@ from .transforms import IMAGENET_MEAN, IMAGENET_STD
 __all__ = [
     "transforms", "synthetic", "IMAGENET_MEAN", "IMAGENET_STD",
     "load_image", "load_transformed", "load_annotated", "image_size", "BadImage", "DataWarning",
-    "image_key", "key_seed",
+    "image_key", "image_path", "key_seed",
     "ImageFolder", "IMG_EXTENSIONS", "CocoDataset", "CocoLoc", "load_coco",
     "ImageNetValLoc", "ImageNetVal", "imagenet_val", "load_class_list", "boxes_mask",
     "collate_skip", "collate_loc", "LocBatch", "load_item", "GridDataset", "collate_grid",

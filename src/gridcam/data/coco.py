@@ -251,6 +251,10 @@ class _CocoBase(torch.utils.data.Dataset):
     def path(self, index: int) -> str:
         return str(self.image_dir / self.coco.imgs[self.ids[index]]["file_name"])
 
+    def image_path(self, index: int) -> str:
+        """The image file of item ``index`` (same as :meth:`path`)."""
+        return self.path(index)
+
     def image_key(self, index: int) -> str:
         """The image's identity for seeding: its COCO image id (see :func:`gridcam.data.image_key`)."""
         return str(self.ids[index])

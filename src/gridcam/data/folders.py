@@ -64,6 +64,10 @@ class LabelledFiles:
             return exc.problem
         return image, target
 
+    def image_path(self, index: int) -> str:
+        """The image file of item ``index``."""
+        return self.samples[index][0]
+
     def image_key(self, index: int) -> str:
         """The image's identity for seeding: its path relative to the dataset root."""
         return os.path.relpath(self.samples[index][0], self.root).replace(os.sep, "/")

@@ -27,6 +27,16 @@ def image_key(dataset: Any, index: int) -> str:
     return f"#{int(index)}"
 
 
+def image_path(dataset: Any, index: int) -> str | None:
+    """The image file of item ``index`` (``dataset.image_path(index)``, through ``Subset``), or
+    None for a dataset that cannot say. A Problem names the file at fault, which may be the
+    annotation; per-image records name the image with this."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    fn = getattr(dataset, "image_path", None)
+    return str(fn(index)) if callable(fn) else None
+
+
 def key_seed(seed: int, key: str) -> int:
     """A seed in [0, 2**63) from ``(seed, key)``: the first 8 bytes of BLAKE2b over both,
     little-endian. ``key_seed(0, "ILSVRC2012_val_00000001.JPEG")`` is the same everywhere."""
@@ -34,4 +44,4 @@ def key_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-__all__ = ["image_key", "key_seed"]
+__all__ = ["image_key", "image_path", "key_seed"]

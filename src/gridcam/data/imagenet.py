@@ -315,6 +315,10 @@ class _ValBase(torch.utils.data.Dataset):
         """The image's identity for seeding (its file name), see :func:`gridcam.data.image_key`."""
         return os.path.basename(self.records[index].path)
 
+    def image_path(self, index: int) -> str:
+        """The image file of item ``index`` (also when its annotation is the problem)."""
+        return self.records[index].path
+
 
 def _label_problem(rec: ValRecord, wnid: str | None, label: int) -> Problem | None:
     """The problem of an image whose first object gives no class index (None when it does)."""
@@ -443,6 +447,9 @@ class ImageNetVal(LabelledFiles, _ValBase):
 
     def image_key(self, index: int) -> str:
         return os.path.basename(self.samples[index][0])
+
+    def image_path(self, index: int) -> str:
+        return self.samples[index][0]
 
 
 def imagenet_val(root: str | os.PathLike, classes: Sequence[str] | str | os.PathLike | None = None,
