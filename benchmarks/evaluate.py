@@ -25,10 +25,17 @@ first batch loaded before the model starts, the last scored after it ends) stay 
 
 Data: synthetic ImageNet (``gridcam.data.synthetic.make_imagenet``) val images with shorter side
 ``--image-size`` (1:1, 4:3, 3:4), evaluated at ``--input-resize``. Model: ``--arch`` randomly
-initialised (seeded). Both loops must produce the same numbers. The model runs in float32, as
-``gridcam evaluate`` does; there a batched forward and batch-1 forwards round differently by
-~1e-7, which can (rarely) move an argmax along a flat ridge — ``--dtype float64`` makes the two
-loops' heatmaps bit-identical.
+initialised (seeded). Both loops must produce the same numbers, up to float rounding, checked
+with tolerances that say how many individual outcomes may differ (not bit-identity, which no two
+independent implementations promise across machines and BLAS builds): the model runs in float32,
+as ``gridcam evaluate`` does, and a batched forward and batch-1 forwards round differently by
+~1e-7, which can (rarely) move an argmax along a flat ridge (one PG pair) or move a uniform
+across an inverse-CDF boundary (one SPG draw of ~100k; seen once on a 2-core machine: 23.110 vs
+23.111). So PG may differ by at most ``PG_FLIPS`` pairs' worth and SPG by at most
+``SPG_FLIP_FRACTION`` of the draws (at least ``SPG_MIN_FLIPS`` draws); the pair counts must be
+equal; CH agrees to 1e-6 relative. The JSON line reports the exact differences
+(``pg_abs_diff``, ``spg_draws_differing``) beside ``same_numbers`` (bit-equal).
+``--dtype float64`` makes the two loops' heatmaps bit-identical.
 
 Prints ONE JSON line. Example::
 
@@ -56,6 +63,12 @@ from gridcam.data.imagenet import ImageNetValLoc
 from gridcam.data.transforms import eval_transform
 from gridcam.engine.evaluate import EvalConfig, evaluate
 from gridcam.engine.scoring import spg_uniforms
+
+#: pointing-game pairs whose hit may differ between the loops (float rounding at an argmax tie)
+PG_FLIPS = 2
+#: SPG draws that may differ: this fraction of all draws, and at least SPG_MIN_FLIPS
+SPG_FLIP_FRACTION = 1e-4
+SPG_MIN_FLIPS = 3
 
 
 def _mesh_hit(mask: torch.Tensor, y: int, x: int, tol: float) -> bool:
@@ -130,7 +143,8 @@ def reference(model, ds, num_classes: int, seed: int = 0, samples: int = 100, to
             # mean over pairs of hits/samples, summed as integers (as gridcam reports it)
             "stochastic_pointing_game": sum(spg) / (len(spg) * samples) * 100,
             "content_heatmap": float(np.mean(ch) * 100),
-            "evaluated": len(ch), "skipped": skipped}, seconds
+            "evaluated": len(ch), "skipped": skipped,
+            "pg_pairs_per_class": (hits + misses)[seen].tolist()}, seconds
 
 
 def _sync(device: str) -> None:
@@ -207,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     same = {k: got[k] == ref[k] for k in ("pointing_game", "stochastic_pointing_game",
                                            "evaluated", "skipped")}
     ch_diff = abs(got["content_heatmap"] - ref["content_heatmap"])
+    check = agreement(got, ref, samples=100)
     n = len(ds)
     out = {
         "benchmark": "evaluate",
@@ -222,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         "pointing_game": got["pointing_game"], "stochastic_pointing_game": got["stochastic_pointing_game"],
         "content_heatmap": got["content_heatmap"], "content_heatmap_abs_diff": ch_diff,
         "pairs": got["evaluated"], "skipped": got["skipped"], "same_numbers": all(same.values()),
+        "pg_abs_diff": check["pg_abs_diff"], "pg_tolerance": check["pg_tolerance"],
+        "spg_draws_differing": check["spg_draws_differing"], "spg_draws": check["spg_draws"],
+        "spg_draws_allowed": check["spg_draws_allowed"],
+        "comparison": "PG/SPG within tolerances a few flipped pairs/draws cannot break (float "
+                      "rounding), pair counts exact, CH to 1e-6 relative; same_numbers = bit-equal",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "python": platform.python_version(),
@@ -229,11 +249,34 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(out))
     if tmp is not None:
         tmp.cleanup()
-    # Same numbers out: PG/SPG/counts exactly; CH to 1e-6 relative (float64 summation order, and
-    # the last float32 bit of a heatmap value may differ between a batched and a batch-1 forward).
-    assert all(same.values()), (same, got, ref)
+    # Same numbers out, up to rounding: counts exactly, PG/SPG within a few flipped pairs/draws,
+    # CH to 1e-6 relative (float64 summation order, and the last float32 bit of a heatmap value
+    # may differ between a batched and a batch-1 forward).
+    assert same["evaluated"] and same["skipped"], (got, ref)
+    assert check["pg_ok"] and check["spg_ok"], (check, got, ref)
     assert ch_diff <= 1e-6 * abs(ref["content_heatmap"]), (got["content_heatmap"], ref["content_heatmap"])
     return 0
+
+
+def agreement(got: dict, ref: dict, samples: int) -> dict:
+    """Compare gridcam's and the reference's PG and SPG with tolerances of a few flipped outcomes.
+
+    PG (mean over classes of per-class hit rates, in %): one flipped pair moves it by at most
+    100 / (classes * pairs of the smallest class); ``PG_FLIPS`` of those are allowed. SPG (in %):
+    one flipped draw moves it by 100 / draws; the difference is reported as a number of draws.
+    """
+    per_class = ref["pg_pairs_per_class"]
+    one_pg = 100.0 / (len(per_class) * min(per_class)) if per_class else 0.0
+    pg_diff = (abs(got["pointing_game"] - ref["pointing_game"])
+               if got["pointing_game"] is not None and ref["pointing_game"] is not None else 0.0)
+    draws = ref["evaluated"] * samples
+    spg_diff = abs(got["stochastic_pointing_game"] - ref["stochastic_pointing_game"]) if draws else 0.0
+    differing = round(spg_diff * draws / 100.0, 3)
+    allowed = max(SPG_MIN_FLIPS, int(np.ceil(SPG_FLIP_FRACTION * draws)))
+    return {"pg_abs_diff": pg_diff, "pg_tolerance": PG_FLIPS * one_pg + 1e-9,
+            "pg_ok": pg_diff <= PG_FLIPS * one_pg + 1e-9,
+            "spg_draws_differing": differing, "spg_draws": draws, "spg_draws_allowed": allowed,
+            "spg_ok": differing <= allowed}
 
 
 if __name__ == "__main__":

@@ -147,6 +147,10 @@ class _Spy:
         self.drawn.append(j)
         return self.base[j]
 
+    def load(self, j):  # GridDataset reads through load (item or Problem, nothing reported)
+        self.drawn.append(j)
+        return self.base.load(j)
+
 
 def test_grid_dataset_coco_negatives_never_contain_the_cam_class(coco):
     base = data.CocoDataset(coco, "train2014", T.train_transform(16))

@@ -154,11 +154,12 @@ def test_val_loc_hand_made_cases(tmp_path):
     assert it["label"] == 1 and it["classes"].tolist() == [1] and torch.equal(it["masks"][0], expect)
     it = ds[1]
     assert it["classes"].numel() == 0 and it["masks"].shape == (0, 8, 10)
-    assert it["skipped"] == [(0, "all boxes difficult")] and it["label"] == 0
+    assert [(c, p.code) for c, p in it["skipped"]] == [(0, "all_difficult")] and it["label"] == 0
     it = ds[2]
-    assert it["label"] == -1 and it["skipped"][0][0] == "nZ" and "unknown wnid" in it["skipped"][0][1]
+    assert it["label"] == -1 and it["skipped"][0][0] == "nZ" and it["skipped"][0][1].code == "unknown_class"
+    assert "unknown wnid nZ" in str(it["skipped"][0][1]) and it["skipped"][0][1].where == "<object>[1]/<name>"
     it = ds[3]
-    assert it["classes"].numel() == 0 and "outside" in it["skipped"][0][1]
+    assert it["classes"].numel() == 0 and it["skipped"][0][1].code == "box_outside"
     with pytest.warns(data.DataWarning, match=stem[4]):
         assert ds[4] is None
     assert len(ds.missing_annotations) == 1 and ds.sizes[4] == (8, 10)

@@ -31,10 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from gridcam import problems
     from gridcam.errors import GridcamError
 
     try:
-        result = args.func(args)
+        # Data problems: one line each, told once, counted by reason in a summary at the end.
+        with problems.plain_warnings(), problems.collecting():
+            result = args.func(args)
     except GridcamError as exc:
         print(f"gridcam: error: {exc}", file=sys.stderr)
         return 2

@@ -14,8 +14,9 @@ from typing import Callable
 import torch
 
 from gridcam.errors import GridcamError
+from gridcam.problems import Problem, report
 
-from .io import BadImage, load_transformed, warn
+from .io import BadImage, load_transformed
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -36,23 +37,40 @@ def find_classes(root: str | os.PathLike) -> list[str]:
 
 
 class LabelledFiles:
-    """Mixin for datasets holding ``self.samples = [(path, label)]`` and ``self.transform``:
-    ``ds[i] -> (image, label)``, or ``None`` (with a warning naming the file) when unreadable."""
+    """Mixin for datasets holding ``self.samples = [(path, label)]``, ``self.transform`` and
+    ``self.root``: ``ds[i] -> (image, label)``, or ``None`` when unreadable (the problem is
+    reported, see :func:`gridcam.problems.report`); ``ds.load(i)`` returns the Problem instead."""
 
     samples: list[tuple[str, int]]
     transform: Callable | None
+    root: Path
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
+        out = self.load(index)
+        if isinstance(out, Problem):
+            report(out)
+            return None
+        return out
+
+    def load(self, index: int) -> tuple | Problem:
+        """``(image, label)`` or the :class:`~gridcam.problems.Problem` of an unreadable file."""
         path, target = self.samples[index]
         try:
             image, _ = load_transformed(path, self.transform)
         except BadImage as exc:
-            warn(f"skipping unreadable image {exc.path}: {exc.reason}")
-            return None
+            return exc.problem
         return image, target
+
+    def image_path(self, index: int) -> str:
+        """The image file of item ``index``."""
+        return self.samples[index][0]
+
+    def image_key(self, index: int) -> str:
+        """The image's identity for seeding: its path relative to the dataset root."""
+        return os.path.relpath(self.samples[index][0], self.root).replace(os.sep, "/")
 
 
 class ImageFolder(LabelledFiles, torch.utils.data.Dataset):
@@ -61,8 +79,8 @@ class ImageFolder(LabelledFiles, torch.utils.data.Dataset):
     Attributes: ``classes`` (sorted folder names), ``class_to_idx``, ``samples`` (list of
     ``(path, class_index)``), ``targets`` (list[int]).
     ``ds[i] -> (image, label int)`` where image is ``transform(PIL RGB image)`` (a (3,h,w) tensor
-    with the presets), or ``None`` for an unreadable file (a :class:`DataWarning` names it; the
-    collate function counts it).
+    with the presets), or ``None`` for an unreadable file (its problem is reported; the collate
+    function counts it).
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None):

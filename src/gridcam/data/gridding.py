@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from gridcam.errors import GridcamError
+from gridcam.problems import Problem, report
 
-from .collate import _stack_targets
+from .collate import _stack_targets, load_item
 from .io import warn
 from .negatives import load_negatives
 
@@ -116,9 +117,19 @@ class GridDataset(torch.utils.data.Dataset):
         return [int(neg[p]) for p in picks]
 
     def __getitem__(self, index: int):
-        item = self.base[index]
-        if item is None:
+        out = self.load(index)
+        if isinstance(out, Problem):
+            report(out)
             return None
+        return out
+
+    def load(self, index: int):
+        """The item, ``None`` (no negatives), or the sample's :class:`~gridcam.problems.Problem`
+        (never reports). An unreadable negative is redrawn silently: the file is told when it is
+        met as a sample, once per epoch like every other file."""
+        item = load_item(self.base, index)
+        if isinstance(item, Problem):
+            return item
         image, target = item
         if self.multi_label:
             cands = [int(c) for c in self.base.present(index) if len(self._neg[int(c)])]
@@ -135,12 +146,12 @@ class GridDataset(torch.utils.data.Dataset):
             negs_idx = [self._draw_single(cam_class) for _ in range(3)]
         negs = []
         for j in negs_idx:
-            got = self.base[j]
+            got = load_item(self.base, j)
             tries = 0
-            while got is None and tries < self.retries:
-                got = self.base[draw[0]()]
+            while isinstance(got, Problem) and tries < self.retries:
+                got = load_item(self.base, draw[0]())
                 tries += 1
-            if got is None:
+            if isinstance(got, Problem):
                 return None
             negs.append(got[0])
         quadrant = _randint(4)
@@ -154,7 +165,7 @@ class GridDataset(torch.utils.data.Dataset):
 def collate_grid(batch: list):
     """``[GridDataset item | None] -> (imgs (B,4,3,h,w), targets, cam_classes (B,) long,
     quadrants (B,) long, n_skipped)``; targets (B,) long or (B,C) float. All-None: B = 0."""
-    kept = [b for b in batch if b is not None]
+    kept = [b for b in batch if b is not None and not isinstance(b, Problem)]
     n_skipped = len(batch) - len(kept)
     if not kept:
         return (torch.zeros(0, 4, 3, 0, 0), torch.zeros(0, dtype=torch.long),

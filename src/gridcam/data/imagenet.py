@@ -34,9 +34,10 @@ from typing import Callable, Sequence
 import torch
 
 from gridcam.errors import GridcamError
+from gridcam.problems import Problem, report
 
 from .folders import LabelledFiles, find_classes, is_image_file
-from .io import BadImage, image_size, load_transformed, warn
+from .io import BadImage, image_size, load_annotated
 
 KAGGLE_VAL = Path("ILSVRC/Data/CLS-LOC/val")
 KAGGLE_TRAIN = Path("ILSVRC/Data/CLS-LOC/train")
@@ -65,39 +66,67 @@ class ValRecord:
     size: tuple[int, int] | None  # (H, W): from the XML <size>, else the JPEG header
     objects: list[BoxObject] | None  # None when the annotation is missing or unreadable
     source: str | None  # the XML/CSV it came from
-    error: str | None = None  # why it cannot be used (missing / malformed annotation)
+    problem: Problem | None = None  # why it cannot be used (missing/malformed XML, unreadable image)
+
+    @property
+    def error(self) -> str | None:
+        """The cause in words (None when usable); an image problem reads "unreadable image ..."."""
+        if self.problem is None:
+            return None
+        if self.problem.code.startswith("xml_"):
+            return self.problem.cause
+        return f"unreadable image {self.problem.file}: {self.problem.cause}"
+
+
+class XmlError(ValueError):
+    """A malformed VOC XML: ``where`` is the element (``<object>[2]/<bndbox>/<xmin>``) or the
+    parser's line and column."""
+
+    def __init__(self, where: str, cause: str):
+        self.where, self.cause = where, cause
+        super().__init__(f"{where}: {cause}")
 
 
 # ----------------------------------------------------------------------------------- parsing
-def _int(text: str | None, what: str) -> int:
+def _int(parent: ET.Element, tag: str, where: str) -> int:
+    text = parent.findtext(tag)
     if text is None:
-        raise ValueError(f"missing <{what}>")
-    return int(round(float(text.strip())))
+        raise XmlError(f"{where}/<{tag}>", "missing element")
+    try:
+        return int(round(float(text.strip())))
+    except (ValueError, OverflowError):
+        raise XmlError(f"{where}/<{tag}>", f"not a number: {text.strip()[:40]!r}") from None
 
 
 def parse_voc_xml(path: str | os.PathLike) -> tuple[tuple[int, int] | None, list[BoxObject]]:
     """Parse one PASCAL-VOC/ImageNet annotation: ``((H, W) or None, objects)``.
 
-    Raises ``ValueError``/``ET.ParseError`` for a malformed file.
+    Raises :class:`XmlError` (a ``ValueError`` naming the element or line/column) for a malformed
+    file; objects are numbered from 1 in ``<object>[k]``.
     """
-    root = ET.parse(path).getroot()
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        line, col = getattr(exc, "position", (0, 0))
+        msg = str(exc).split(":")[0]
+        raise XmlError(f"line {line}, column {col + 1}", f"not well-formed XML ({msg})") from None
     size = None
     s = root.find("size")
     if s is not None and s.find("width") is not None and s.find("height") is not None:
-        w, h = _int(s.findtext("width"), "width"), _int(s.findtext("height"), "height")
+        w, h = _int(s, "width", "<size>"), _int(s, "height", "<size>")
         if w > 0 and h > 0:
             size = (h, w)
     objects = []
-    for obj in root.iter("object"):
+    for k, obj in enumerate(root.iter("object"), start=1):
+        where = f"<object>[{k}]"
         name = (obj.findtext("name") or "").strip()
         bb = obj.find("bndbox")
         if bb is None:
-            raise ValueError(f"object {name!r} has no <bndbox>")
+            raise XmlError(where, f"object {name!r} has no <bndbox>")
         diff = (obj.findtext("difficult") or "0").strip()
         objects.append(BoxObject(
             name, diff not in ("0", "", "false", "False"),
-            _int(bb.findtext("xmin"), "xmin"), _int(bb.findtext("ymin"), "ymin"),
-            _int(bb.findtext("xmax"), "xmax"), _int(bb.findtext("ymax"), "ymax")))
+            *(_int(bb, t, f"{where}/<bndbox>") for t in ("xmin", "ymin", "xmax", "ymax"))))
     return size, objects
 
 
@@ -212,14 +241,18 @@ def build_val_index(root: str | os.PathLike, annotations: str | os.PathLike | No
             try:
                 size, objects = parse_voc_xml(xml)
                 records.append(ValRecord(path, size, objects, str(xml)))
-            except (ET.ParseError, ValueError) as exc:
-                records.append(ValRecord(path, None, None, str(xml), f"malformed annotation {xml}: {exc}"))
+            except XmlError as exc:
+                records.append(ValRecord(path, None, None, str(xml), Problem(
+                    "xml_malformed", str(xml), f"malformed annotation: {exc.cause}", exc.where)))
+            except OSError as exc:  # unreadable (permissions, a directory named X.xml)
+                records.append(ValRecord(path, None, None, str(xml), Problem(
+                    "xml_malformed", str(xml), f"malformed annotation: cannot read it ({exc.strerror})")))
         elif stem in csv_boxes:
             records.append(ValRecord(path, None, csv_boxes[stem], str(csv_path)))
         else:
             where = ", ".join(str(d) for d in xml_dirs) + (f" or {csv_path}" if csv_path else "")
-            records.append(ValRecord(path, None, None, None,
-                                     f"no annotation for {path} (looked for {stem}.xml in {where})"))
+            records.append(ValRecord(path, None, None, None, Problem(
+                "xml_missing", path, f"no annotation (looked for {stem}.xml in {where})")))
     return val_dir, records
 
 
@@ -254,7 +287,8 @@ def boxes_mask(boxes: Sequence[tuple[int, int, int, int]], height: int, width: i
 
 
 class _ValBase(torch.utils.data.Dataset):
-    """Shared set-up: records, class list and the warnings about unusable images."""
+    """Shared set-up: records and class list. Unusable images are told once, where they are met
+    (``__getitem__`` for localisation, construction for classification), not in a summary too."""
 
     def __init__(self, root, classes, transform, annotations):
         self.root = Path(root)
@@ -263,12 +297,8 @@ class _ValBase(torch.utils.data.Dataset):
         _, base = resolve_val_dir(root)
         self.classes = load_class_list(classes, base)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        bad = [r for r in self.records if r.error is not None]
         #: images that will be skipped because their annotation is missing/malformed (path, reason)
-        self.missing_annotations = [(r.path, r.error) for r in bad]
-        if bad:
-            warn(f"{len(bad)} of {len(self.records)} val images have no usable annotation and are "
-                 f"skipped; first: {bad[0].error}")
+        self.missing_annotations = [(r.path, r.error) for r in self.records if r.problem is not None]
 
     @property
     def class_names(self) -> list[str]:
@@ -281,21 +311,42 @@ class _ValBase(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def image_key(self, index: int) -> str:
+        """The image's identity for seeding (its file name), see :func:`gridcam.data.image_key`."""
+        return os.path.basename(self.records[index].path)
+
+    def image_path(self, index: int) -> str:
+        """The image file of item ``index`` (also when its annotation is the problem)."""
+        return self.records[index].path
+
+
+def _label_problem(rec: ValRecord, wnid: str | None, label: int) -> Problem | None:
+    """The problem of an image whose first object gives no class index (None when it does)."""
+    if wnid is None:
+        return Problem("no_objects", str(rec.source), "no objects in the annotation")
+    if label < 0:
+        return Problem("unknown_class", str(rec.source),
+                       f"unknown wnid {wnid} (not in the class list)", "<object>[1]/<name>")
+    return None
+
 
 class ImageNetValLoc(_ValBase):
     """ImageNet val for localisation metrics: ``ds[i] -> LocItem | None``.
 
     ``LocItem`` (a dict): ``image`` transformed tensor (3,h,w); ``size`` (H,W) of the original;
-    ``path``; ``index``; ``classes`` (T,) long — the class of the first object, T=1 (T=0 if it is
-    unusable); ``masks`` (T,H,W) bool at the original resolution — the union of that class's boxes
-    (all of them, difficult ones included), VOC 1-based inclusive, clipped to the image;
-    ``label`` int (the first object's class, -1 if unknown) for classification metrics;
-    ``skipped`` list of ``(class or wnid, reason)`` pairs left out: unknown wnid, all boxes of the
-    class difficult, boxes entirely outside the image.
-    ``None`` (with a warning naming the file) for a missing/malformed annotation or an unreadable
-    image. ``.sizes`` lists every original ``(H, W)`` from the XML ``<size>`` (the JPEG header when
-    the XML lacks it or the boxes come from the CSV), without decoding pixels.
-    ``masks=False`` leaves ``item["masks"]`` as ``None`` (classification-only use).
+    ``path``; ``index``; ``key`` (the file name, for seeding); ``classes`` (T,) long — the class of
+    the first object, T=1 (T=0 if it is unusable); ``masks`` (T,H,W) bool at the original
+    resolution — the union of that class's boxes (all of them, difficult ones included), VOC
+    1-based inclusive, clipped to the image; ``label`` int (the first object's class, -1 if
+    unknown) for classification metrics; ``skipped`` list of ``(class or wnid, Problem)`` pairs
+    left out (``unknown_class``, ``no_objects``, ``all_difficult``, ``box_outside``; ``str()`` of a
+    Problem is its cause); ``problems`` the image's other problems (``exif_rotated``,
+    ``size_mismatch``), the pair still scored.
+    :meth:`load` returns the item or, for a missing/malformed annotation or an unreadable image,
+    the :class:`~gridcam.problems.Problem`; ``ds[i]`` reports problems (see
+    :func:`gridcam.problems.report`) and gives ``None`` instead. ``.sizes`` lists every original
+    ``(H, W)`` from the XML ``<size>`` (the JPEG header when the XML lacks it or the boxes come
+    from the CSV), without decoding pixels. ``masks=False`` leaves ``item["masks"]`` as ``None``.
     """
 
     def __init__(self, root: str | os.PathLike, classes: Sequence[str] | str | os.PathLike | None = None,
@@ -310,43 +361,48 @@ class ImageNetValLoc(_ValBase):
                     r.size = image_size(r.path)
                 except BadImage as exc:
                     r.size = (0, 0)
-                    if r.error is None:
-                        r.error = f"unreadable image {exc.path}: {exc.reason}"
+                    if r.problem is None:
+                        r.problem = exc.problem
             self.sizes.append(r.size)
 
     def __getitem__(self, index: int):
+        out = self.load(index)
+        if isinstance(out, Problem):
+            report(out)
+            return None
+        for p in [*out["problems"], *(p for _, p in out["skipped"] if p.code != "all_difficult")]:
+            report(p)
+        return out
+
+    def load(self, index: int) -> dict | Problem:
+        """The LocItem of image ``index``, or the Problem that makes it unusable (never reports)."""
         rec = self.records[index]
-        if rec.error is not None:
-            warn(f"skipping {rec.path}: {rec.error}")
-            return None
+        if rec.problem is not None:
+            return rec.problem
         try:
-            image, size = load_transformed(rec.path, self.transform)
+            image, size, note = load_annotated(rec.path, self.transform, rec.size)
         except BadImage as exc:
-            warn(f"skipping unreadable image {exc.path}: {exc.reason}")
-            return None
-        if rec.size is not None and tuple(size) != tuple(rec.size) and rec.size != (0, 0):
-            warn(f"{rec.path}: decoded size {size} differs from the annotated {rec.size}; "
-                 f"boxes are clipped to the decoded image")
+            return exc.problem
         height, width = size
         wnid, label = _class_of_first(rec.objects, self.class_to_idx)
         classes: list[int] = []
         masks: list[torch.Tensor] = []
         skipped: list[tuple] = []
-        if wnid is None:
-            skipped.append((None, "no objects in the annotation"))
-        elif label < 0:
-            skipped.append((wnid, f"unknown wnid {wnid} (not in the class list) in {rec.source}"))
+        bad_label = _label_problem(rec, wnid, label)
+        if bad_label is not None:
+            skipped.append((wnid, bad_label))
         else:
             objs = [o for o in rec.objects if o.name == wnid]
+            boxes = [(o.xmin, o.ymin, o.xmax, o.ymax) for o in objs]
             if all(o.difficult for o in objs):
-                skipped.append((label, "all boxes difficult"))
+                skipped.append((label, Problem("all_difficult", str(rec.source), "all boxes difficult")))
+            elif all(clip_box(b, height, width) is None for b in boxes):
+                skipped.append((label, Problem(
+                    "box_outside", str(rec.source), f"boxes outside the image: every {wnid} box "
+                    f"lies outside the {width}x{height} image")))
             else:
-                boxes = [(o.xmin, o.ymin, o.xmax, o.ymax) for o in objs]
-                if all(clip_box(b, height, width) is None for b in boxes):
-                    skipped.append((label, f"boxes outside the image in {rec.source}"))
-                else:
-                    classes.append(label)
-                    masks.append(boxes_mask(boxes, height, width))
+                classes.append(label)
+                masks.append(boxes_mask(boxes, height, width))
         if not self.with_masks:
             mask_t = None
         elif masks:
@@ -355,8 +411,9 @@ class ImageNetValLoc(_ValBase):
             mask_t = torch.zeros(0, height, width, dtype=torch.bool)
         return {
             "image": image, "size": (height, width), "path": rec.path, "index": index,
-            "classes": torch.tensor(classes, dtype=torch.long), "masks": mask_t,
-            "label": label, "skipped": skipped,
+            "key": self.image_key(index), "classes": torch.tensor(classes, dtype=torch.long),
+            "masks": mask_t, "label": label, "skipped": skipped,
+            "problems": [note] if note is not None else [],
         }
 
 
@@ -364,32 +421,35 @@ class ImageNetVal(LabelledFiles, _ValBase):
     """Flat ImageNet val for classification (top-1/top-5): ``ds[i] -> (image, label) | None``.
 
     Label = class of the first object in the image's XML/CSV entry. Images whose annotation is
-    missing or whose first wnid is not a class are left out at construction (listed in
-    ``.excluded`` as ``(path, reason)``, with one warning). ``.samples``/``.targets`` as ImageFolder.
+    missing or malformed, or whose first wnid is not a class, are left out at construction: listed
+    in ``.excluded`` as ``(path, reason)`` and ``.problems`` (each reported once).
+    ``.samples``/``.targets`` as ImageFolder.
     """
 
     def __init__(self, root: str | os.PathLike, classes: Sequence[str] | str | os.PathLike | None = None,
                  transform: Callable | None = None, annotations: str | os.PathLike | None = None):
         super().__init__(root, classes, transform, annotations)
         self.samples: list[tuple[str, int]] = []
-        self.excluded: list[tuple[str, str]] = list(self.missing_annotations)
-        unknown = 0
+        self.excluded: list[tuple[str, str]] = []
+        self.problems: list[Problem] = []
         for r in self.records:
-            if r.error is not None:
-                continue
-            wnid, label = _class_of_first(r.objects, self.class_to_idx)
-            if label < 0:
-                unknown += 1
-                self.excluded.append((r.path, f"unknown wnid {wnid}" if wnid else "no objects"))
-            else:
+            wnid, label = (None, -1) if r.problem else _class_of_first(r.objects, self.class_to_idx)
+            problem = r.problem or _label_problem(r, wnid, label)
+            if problem is None:
                 self.samples.append((r.path, label))
-        if unknown:
-            warn(f"{unknown} val images name a wnid that is not a class (or no object) and are "
-                 f"left out; first: {self.excluded[len(self.missing_annotations)][0]}")
+            else:
+                self.excluded.append((r.path, problem.cause))
+                self.problems.append(problem)
+                report(problem)
         if not self.samples:
             raise GridcamError(f"{self.val_dir}: no val image has a usable label")
         self.targets = [t for _, t in self.samples]
 
+    def image_key(self, index: int) -> str:
+        return os.path.basename(self.samples[index][0])
+
+    def image_path(self, index: int) -> str:
+        return self.samples[index][0]
 
 
 def imagenet_val(root: str | os.PathLike, classes: Sequence[str] | str | os.PathLike | None = None,
@@ -418,4 +478,5 @@ def imagenet_val(root: str | os.PathLike, classes: Sequence[str] | str | os.Path
 
 
 __all__ = ["ImageNetValLoc", "ImageNetVal", "imagenet_val", "boxes_mask", "parse_voc_xml",
-           "parse_loc_csv", "load_class_list", "build_val_index", "resolve_val_dir", "BoxObject"]
+           "parse_loc_csv", "load_class_list", "build_val_index", "resolve_val_dir", "BoxObject",
+           "XmlError"]

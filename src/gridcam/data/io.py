@@ -1,9 +1,11 @@
 """Decoding images robustly: RGB always, a named :class:`BadImage` for anything unreadable.
 
-Datasets call :func:`load_transformed` inside ``__getitem__``; it turns every decoding problem
-(missing file, not an image, truncated or corrupt JPEG, decompression bomb) into ``BadImage`` so the
-dataset can warn with the file name and return ``None`` instead of letting a worker process die with
-a traceback. Problems in the transforms themselves are bugs and are not caught.
+Datasets call :func:`load_transformed` (or :func:`load_annotated`, which also applies the EXIF
+rule) inside ``__getitem__``; it turns every decoding problem into ``BadImage``, whose
+``problem`` has a reason code — ``not_found``, ``empty_file``, ``not_an_image``, ``truncated`` (a
+JPEG without its end-of-image marker, or PIL's "truncated"), ``corrupt_image``, ``too_large``,
+``unreadable`` — so the dataset can hand the problem on instead of letting a worker process die
+with a traceback. Problems in the transforms themselves are bugs and are not caught.
 """
 
 from __future__ import annotations
@@ -12,32 +14,68 @@ import os
 import warnings
 from typing import Callable
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from gridcam.errors import GridcamError
+from gridcam.problems import Problem, ProblemError
 
 from . import transforms as T
 
 
-class BadImage(GridcamError):
-    """An image file that cannot be decoded; ``path`` and ``reason`` say which and why."""
+class BadImage(ProblemError):
+    """An image file that cannot be decoded: ``problem`` (code ``not_found``, ``empty_file``,
+    ``not_an_image``, ``truncated``, ``corrupt_image``, ``too_large`` or ``unreadable``), and as
+    shortcuts ``path``, ``code`` and ``reason`` (the cause in words)."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read image {self.path}: {reason}")
-
-    def __reduce__(self):  # picklable across DataLoader workers
-        return (BadImage, (self.path, self.reason))
+    def __init__(self, path: str | os.PathLike | Problem, reason: str | None = None,
+                 code: str = "unreadable"):
+        problem = path if isinstance(path, Problem) else Problem(code, str(path), str(reason))
+        super().__init__(problem)
+        self.path, self.code, self.reason = problem.file, problem.code, problem.cause
 
 
 class DataWarning(UserWarning):
-    """A data item was skipped or repaired; the message names the file."""
+    """A data item was skipped or repaired; the message names the file (see gridcam.problems)."""
 
 
 def warn(message: str) -> None:
     """Emit a :class:`DataWarning` (printed once per distinct message, also from worker processes)."""
     warnings.warn(message, DataWarning, stacklevel=3)
+
+
+def _jpeg_without_end(path: str | os.PathLike) -> bool:
+    """The file starts as a JPEG (SOI marker) but does not end with the EOI marker."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+            f.seek(-2, os.SEEK_END)
+            return head == b"\xff\xd8\xff" and f.read(2) != b"\xff\xd9"
+    except OSError:
+        return False
+
+
+def classify(path: str | os.PathLike, exc: BaseException) -> BadImage:
+    """The :class:`BadImage` for an exception PIL raised while opening/decoding ``path``."""
+    text = f"{exc}"
+    if isinstance(exc, FileNotFoundError):
+        return BadImage(path, "file not found", "not_found")
+    if isinstance(exc, Image.DecompressionBombError):
+        return BadImage(path, f"too large to decode safely ({text})", "too_large")
+    try:
+        empty = os.path.getsize(path) == 0
+    except OSError:
+        empty = False
+    if empty:
+        return BadImage(path, "empty file (0 bytes)", "empty_file")
+    if _jpeg_without_end(path):
+        return BadImage(path, f"truncated: the JPEG ends before its end-of-image marker "
+                              f"({type(exc).__name__}: {text})", "truncated")
+    if isinstance(exc, UnidentifiedImageError):
+        return BadImage(path, "not an image (PIL cannot identify the format)", "not_an_image")
+    if "truncated" in text.lower():
+        return BadImage(path, f"truncated image data ({text})", "truncated")
+    if isinstance(exc, (IsADirectoryError, PermissionError)):
+        return BadImage(path, f"{type(exc).__name__}: {exc.strerror or text}", "unreadable")
+    return BadImage(path, f"corrupt image data ({type(exc).__name__}: {text})", "corrupt_image")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -59,10 +97,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def _open(path: str | os.PathLike) -> Image.Image:
     try:
         return Image.open(path)
-    except FileNotFoundError:
-        raise BadImage(path, "file not found") from None
-    except Exception as exc:  # UnidentifiedImageError, OSError, DecompressionBombError, ...
-        raise BadImage(path, f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # FileNotFoundError, UnidentifiedImageError, OSError, DecompressionBombError
+        raise classify(path, exc) from None
 
 
 def _decode(img: Image.Image, path: str | os.PathLike) -> Image.Image:
@@ -81,7 +117,7 @@ def _decode(img: Image.Image, path: str | os.PathLike) -> Image.Image:
         return out
     except Exception as exc:  # truncated / corrupt data surfaces here, as OSError, SyntaxError, ...
         img.close()
-        raise BadImage(path, f"{type(exc).__name__}: {exc}") from None
+        raise classify(path, exc) from None
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -108,9 +144,84 @@ def load_transformed(path: str | os.PathLike, transform: Callable | None):
     crop box and output size are chosen from the original size first and libjpeg decodes at a
     reduced scale when the output is at most half the kept region (see
     :mod:`gridcam.data.transforms`); the random numbers drawn and the output shape are the same
-    either way. Raises :class:`BadImage`.
+    either way. Pixels are used as stored (an EXIF orientation is not applied; see
+    :func:`load_annotated`). Raises :class:`BadImage`.
+    """
+    return _transformed(_open(path), path, transform, rotate=False)
+
+
+def load_annotated(path: str | os.PathLike, transform: Callable | None,
+                   annotated: tuple[int, int] | None) -> tuple[object, tuple[int, int], Problem | None]:
+    """:func:`load_transformed` for an image whose annotation says it is ``annotated`` = (H, W).
+
+    Returns ``(output, (H, W) of the frame used, problem or None)``. The EXIF rule: pixels are
+    used as stored, unless the JPEG carries an EXIF orientation that swaps width and height
+    (5-8) and the annotated size matches the rotated (displayed) frame but not the stored one: then
+    the image is rotated as a viewer shows it, so image and annotation agree (``exif_rotated``).
+    An EXIF orientation whose frame the sizes cannot tell (a flip or 180 degrees, or a square
+    image) is reported and the stored frame used; any other size difference is ``size_mismatch``.
+    Raises :class:`BadImage`.
     """
     img = _open(path)
+    stored = (img.height, img.width)
+    orientation = exif_orientation(img)
+    rotate, problem = frame_rule(str(path), stored, orientation, annotated)
+    out, size = _transformed(img, path, transform, rotate)
+    return out, size, problem
+
+
+#: EXIF orientation tag value -> how a viewer shows the stored pixels
+ORIENTATIONS = {2: "mirrored left-right", 3: "rotated 180 degrees", 4: "mirrored top-bottom",
+                5: "transposed", 6: "rotated 90 degrees clockwise", 7: "transversed",
+                8: "rotated 90 degrees counter-clockwise"}
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (0x0112) of an opened image, 1 when absent or unreadable."""
+    try:
+        value = int(img.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block is not a reason to skip the image
+        return 1
+    return value if value in ORIENTATIONS else 1
+
+
+def _wxh(hw: tuple[int, int]) -> str:
+    return f"{hw[1]}x{hw[0]}"
+
+
+def frame_rule(path: str, stored: tuple[int, int], orientation: int,
+               annotated: tuple[int, int] | None) -> tuple[bool, Problem | None]:
+    """``(rotate to the displayed frame?, problem)`` by the rule of :func:`load_annotated`;
+    sizes are (H, W)."""
+    annotated = tuple(annotated) if annotated is not None and min(annotated) > 0 else None
+    exif = (f"carries EXIF orientation {orientation} (displayed {ORIENTATIONS[orientation]})"
+            if orientation != 1 else "")
+    swaps = orientation >= 5
+    displayed = (stored[1], stored[0]) if swaps else stored
+    if annotated is None or (annotated == stored and annotated == displayed):
+        if not exif or annotated is None:
+            return False, None
+        return False, Problem("exif_rotated", path, f"{exif}; the sizes cannot tell which frame "
+                              f"the annotation was made on: the stored {_wxh(stored)} pixels are used")
+    if annotated == stored:
+        return False, None  # the annotation matches the stored frame, which is what is used
+    if exif and annotated == displayed:
+        return True, Problem("exif_rotated", path, f"{exif}; the annotated size {_wxh(annotated)} "
+                             f"matches the rotated (displayed) frame, not the stored "
+                             f"{_wxh(stored)}: the image is rotated to match")
+    also = f"; it {exif} but neither frame matches" if exif else ""
+    return False, Problem("size_mismatch", path, f"decoded size {_wxh(stored)} differs from the "
+                          f"annotated {_wxh(annotated)} (width x height){also}; the annotation is "
+                          f"clipped/padded to the decoded image")
+
+
+def _transformed(img: Image.Image, path: str | os.PathLike, transform: Callable | None,
+                 rotate: bool):
+    if rotate:
+        from PIL import ImageOps
+
+        pil = ImageOps.exif_transpose(_decode(img, path))
+        return (transform(pil) if transform is not None else pil), (pil.height, pil.width)
     size = (img.height, img.width)
     geo, rest = (T.first_geometric(transform) if (T.USE_DRAFT and transform is not None)
                  else (None, None))
@@ -132,4 +243,5 @@ def load_transformed(path: str | os.PathLike, transform: Callable | None):
     return (rest(x) if rest is not None else x), size
 
 
-__all__ = ["BadImage", "DataWarning", "load_image", "image_size", "load_transformed", "warn"]
+__all__ = ["BadImage", "DataWarning", "load_image", "image_size", "load_transformed",
+           "load_annotated", "exif_orientation", "frame_rule", "classify", "warn"]
