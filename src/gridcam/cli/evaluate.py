@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from gridcam.cli.common import add_model_options
+
 
 # ------------------------------------------------------------------------------------- evaluate
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +25,14 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", "--resume", dest="checkpoint", default=None,
                    help="weights to evaluate (ours, the paper's, torchvision's); classes are read from it")
     p.add_argument("-a", "--arch", default=None,
-                   help="architecture (default: recorded in the checkpoint, else guessed from its keys)")
-    p.add_argument("--maxpool", action="store_true", help="the model uses global max pooling (GMP)")
-    p.add_argument("--input-resize", "--input_resize", dest="input_resize", type=int, default=224,
+                   help="architecture (default: recorded in the checkpoint, else guessed from its keys): "
+                        "a built-in name, torchvision:NAME, timm:NAME, hf:NAME_OR_PATH or MODULE:FACTORY")
+    p.add_argument("--maxpool", action="store_true",
+                   help="the model uses global max pooling (GMP); default: the pooling the checkpoint "
+                        "records (a checkpoint recorded with average pooling refuses --maxpool)")
+    p.add_argument("--input-resize", "--input_resize", dest="input_resize", type=_positive, default=224,
                    help="shorter side of the network input, no crop (the paper: 448)")
+    add_model_options(p)
     p.add_argument("--methods", default="gradcam",
                    help="comma-separated explanation methods: gradcam, gradient, input_x_gradient, smoothgrad")
     p.add_argument("--gradcam-variant", choices=["elementwise", "classic"], default="elementwise")
@@ -52,11 +58,23 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (one-line usage error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def config_from_args(args: argparse.Namespace, meta: Mapping[str, Any],
-                     num_classes: int) -> Any:
+                     num_classes: int, model: Any = None) -> Any:
     """The :class:`~gridcam.engine.evaluate.EvalConfig` of the flags; ``meta`` is what the
     checkpoint says about the model (arch, pooling), recorded with the results."""
     from gridcam.engine.evaluate import EvalConfig
+    from gridcam.models import info as models_info
 
     record = {
         "dataset": args.dataset, "root": str(Path(args.root).resolve()),
@@ -66,6 +84,10 @@ def config_from_args(args: argparse.Namespace, meta: Mapping[str, Any],
         "num_classes": num_classes, "input_resize": args.input_resize,
         "gradcam_variant": args.gradcam_variant,
     }
+    built = models_info(model) if model is not None else None
+    if built is not None:
+        record.update({k: v for k, v in built.as_dict().items()
+                       if k in ("cam_layer", "reshape", "mean", "std")})
     if args.dataset == "coco":
         record["split"] = args.split
     return EvalConfig(
@@ -100,11 +122,17 @@ def run(args: argparse.Namespace) -> int:
             raise GridcamError("--checkpoint PATH is required (the weights to evaluate; "
                                "the number of classes is read from it)")
         model, meta = models.create_from_checkpoint(
-            args.checkpoint, arch=args.arch, pooling="max" if args.maxpool else None)
+            args.checkpoint, arch=args.arch, pooling="max" if args.maxpool else None,
+            cam_layer=args.cam_layer, reshape=args.reshape, mean=args.mean, std=args.std)
+        if args.maxpool and meta.get("pooling") == "avg":
+            raise GridcamError(f"--maxpool contradicts {args.checkpoint}, which records average "
+                               "pooling; drop --maxpool (the recorded pooling is used by default)")
         num_classes = model_classes(model)
+        built = models.info(model)
+        norm = {"mean": built.mean, "std": built.std} if built is not None else {}
         dataset = build_dataset(args.dataset, args.root, args.input_resize, num_classes,
-                                classes_file=args.classes, split=args.split)
-        config = config_from_args(args, meta, num_classes)
+                                classes_file=args.classes, split=args.split, **norm)
+        config = config_from_args(args, meta, num_classes, model)
         results = evaluate(model, dataset, config, device=info.device)
         if info.is_main:
             print(format_table(results, multilabel=args.dataset == "coco"))

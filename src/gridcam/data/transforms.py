@@ -274,25 +274,30 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
 
 
 # ------------------------------------------------------------------------------------ presets
-def train_transform(size: int = 224) -> Compose:
-    """Training recipe (ImageNet and COCO): RandomResizedCrop(size) + flip + normalize."""
-    return Compose([RandomResizedCrop(size), RandomHorizontalFlip(), ToTensorNormalize()])
+def train_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> Compose:
+    """Training recipe (ImageNet and COCO): RandomResizedCrop(size) + flip + normalize
+    (``mean``/``std``: ImageNet's unless the model's own configuration says otherwise)."""
+    return Compose([RandomResizedCrop(size), RandomHorizontalFlip(), ToTensorNormalize(mean, std)])
 
 
-def val_transform(resize: int = 256, crop: int = 224) -> Compose:
+def val_transform(resize: int = 256, crop: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                  std: Sequence[float] = IMAGENET_STD) -> Compose:
     """ImageNet validation: Resize(shorter side ``resize``) + CenterCrop(``crop``) + normalize."""
-    return Compose([Resize(resize), CenterCrop(crop), ToTensorNormalize()])
+    return Compose([Resize(resize), CenterCrop(crop), ToTensorNormalize(mean, std)])
 
 
-def coco_val_transform(size: int = 224) -> Compose:
+def coco_val_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD) -> Compose:
     """COCO validation: Resize((size, size)) (aspect not kept, as the paper) + normalize."""
-    return Compose([Resize((size, size)), ToTensorNormalize()])
+    return Compose([Resize((size, size)), ToTensorNormalize(mean, std)])
 
 
-def eval_transform(input_resize: int) -> Compose:
+def eval_transform(input_resize: int, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> Compose:
     """Localisation evaluation: shorter side ``input_resize`` (paper: 448), no crop, normalize.
     JPEGs are decoded in full (no draft), so pixels equal torchvision's."""
-    return Compose([Resize(input_resize), ToTensorNormalize()], allow_draft=False)
+    return Compose([Resize(input_resize), ToTensorNormalize(mean, std)], allow_draft=False)
 
 
 def first_geometric(transform: Callable) -> tuple[_Geometric | None, Callable | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from gridcam.errors import GridcamError
 
@@ -45,13 +45,15 @@ def imagenet_classes(root: str | os.PathLike,
 
 
 def build_dataset(kind: str, root: str | os.PathLike, input_resize: int, num_classes: int,
-                  classes_file: str | None = None, split: str = "val2014") -> Any:
+                  classes_file: str | None = None, split: str = "val2014",
+                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Any:
     """``data.ImageNetValLoc`` (``kind`` "imagenet") or ``data.CocoLoc`` ("coco") of ``root``,
-    images resized to shorter side ``input_resize``; GridcamError when its number of classes is
-    not ``num_classes`` (the model's)."""
+    images resized to shorter side ``input_resize`` and normalised with ``mean``/``std`` (default
+    ImageNet's); GridcamError when its number of classes is not ``num_classes`` (the model's)."""
     from gridcam import data
 
-    transform = data.transforms.eval_transform(input_resize)
+    norm = {k: tuple(v) for k, v in (("mean", mean), ("std", std)) if v is not None}
+    transform = data.transforms.eval_transform(input_resize, **norm)
     root = Path(root)
     if not root.exists():
         raise GridcamError(f"{root}: no such directory")
