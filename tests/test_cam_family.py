@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gridcam import models
+from gridcam.errors import GridcamError
 from gridcam.cam import cams, perturbation
 
 ALL = {**cams.METHODS, **perturbation.METHODS}
@@ -287,7 +288,7 @@ def test_bad_layer_and_bad_options_raise_clear_errors():
     x = torch.randn(1, 3, 32, 32)
     with pytest.raises(ValueError, match="CAM layer Identity"):
         cams.explain_gradcampp(model, nn.Identity(), x, torch.tensor([0]))
-    with pytest.raises(ValueError, match="method_batch"):
+    with pytest.raises(GridcamError, match="method_batch"):
         cams.explain_scorecam(model, models.cam_layer(model), x, torch.tensor([0]), method_batch=0)
     with pytest.raises(ValueError, match="targets must lie"):
         cams.explain_eigencam(model, models.cam_layer(model), x, torch.tensor([9]))

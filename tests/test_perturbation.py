@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from gridcam.cam import perturbation as P
+from gridcam.errors import GridcamError
 
 
 class PatchNet(nn.Module):
@@ -107,10 +108,10 @@ def test_occlusion_matches_captum(size, window, stride):
 
 def test_occlusion_rejects_bad_windows():
     model = TinyCNN().eval()
-    with pytest.raises(ValueError, match="stride <= window"):
+    with pytest.raises(GridcamError, match="stride <= window"):
         P.explain_occlusion(model, None, torch.rand(1, 3, 8, 8), torch.tensor([0]), window=4,
                             stride=5)
-    with pytest.raises(ValueError, match="image side 8"):
+    with pytest.raises(GridcamError, match="image side 8"):
         P.explain_occlusion(model, None, torch.rand(1, 3, 8, 8), torch.tensor([0]), window=9)
 
 
@@ -144,5 +145,5 @@ def test_extremal_perturbation_is_deterministic_and_chunk_independent():
     # Chunks are optimised independently, but Adam's first steps are ~lr * sign(gradient), so
     # rounding differences of near-zero gradients between batch sizes show as small differences.
     torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
-    with pytest.raises(ValueError, match="0 < area < 1"):
+    with pytest.raises(GridcamError, match="0 < area < 1"):
         P.explain_extremal_perturbation(model, None, x, targets, area=1.5)

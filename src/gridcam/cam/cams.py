@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..errors import GridcamError
 from .gradcam import _as_2d_targets, _check_targets, _prepare_images, target_gradients, upsample
 from .hooks import capture
 
@@ -269,7 +270,7 @@ def explain_ablationcam(
     images: Tensor,
     targets: Tensor,
     *,
-    method_batch: int = DEFAULT_METHOD_BATCH,
+    method_batch: int = 256,
     progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Ablation-CAM (Desai & Ramaswamy, WACV 2020, "Ablation-CAM: Visual Explanations for Deep
@@ -286,10 +287,12 @@ def explain_ablationcam(
     whatever batch it gets (true for ResNet/VGG/AlexNet heads; anything else raises).
 
     Args:
-        method_batch: ablated copies per forward. progress: show a progress bar.
+        method_batch: ablated copies per forward (default 256: a copy costs only the head and
+            K*h*w floats, so larger chunks save trunk forwards). progress: show a progress bar.
     Returns (B,T,h,w) maps at the CAM layer's size, and logits (B,C).
-    Cost per image: 1 + ceil(K / method_batch) forwards, plus K forwards of the head only
-    (after the CAM layer); no backward; the T targets share them.
+    Cost per image: 1 + ceil(K' / method_batch) forwards, plus K' forwards of the head only
+    (after the CAM layer), K' <= K the channels not 0 everywhere (a channel that is 0 everywhere
+    adds nothing to the map: no forward); no backward; the T targets share them.
     """
     _check_method_batch(method_batch)
     acts, _, logits, targets = layer_activations(model, layer, images, targets, gradients=False)
@@ -297,10 +300,13 @@ def explain_ablationcam(
     score = logits.float().gather(1, targets)  # (B,T)
     scale = torch.where(score != 0, score.abs(), torch.ones_like(score))
     weights = score.new_zeros((B, targets.shape[1], K))
-    with torch.no_grad(), _bar(progress, B * K, "ablationcam") as bar:
+    # A channel that is 0 everywhere contributes w_k * 0 whatever w_k is: no forward for it.
+    alive = acts.flatten(2).ne(0).any(dim=2)  # (B,K)
+    with torch.no_grad(), _bar(progress, int(alive.sum()), "ablationcam") as bar:
         for b in range(B):
-            for start in range(0, K, method_batch):
-                ks = torch.arange(start, min(K, start + method_batch), device=acts.device)
+            channels = alive[b].nonzero()[:, 0]
+            for start in range(0, len(channels), method_batch):
+                ks = channels[start:start + method_batch]
                 out = _ablated_forward(model, layer, images[b:b + 1], acts[b], ks)
                 ablated = out.float()[:, targets[b]]  # (n,T)
                 weights[b, :, ks] = ((score[b] - ablated) / scale[b]).t()
@@ -336,7 +342,7 @@ def _ablated_forward(
 
 def _check_method_batch(method_batch: int) -> None:
     if isinstance(method_batch, bool) or not isinstance(method_batch, int) or method_batch < 1:
-        raise ValueError(f"method_batch must be an integer >= 1, got {method_batch!r}")
+        raise GridcamError(f"method_batch must be an integer >= 1, got {method_batch!r}")
 
 
 def _bar(progress: bool, total: int, desc: str) -> tqdm:
@@ -366,7 +372,7 @@ METHODS: dict[str, tuple[Callable[..., tuple[Tensor, Tensor]], dict[str, Any], s
     "scorecam": (explain_scorecam, dict(_PERTURB_OPTS),
                  "Score-CAM: channel weights = class probability of the image masked by each channel",
                  "1 + K forwards (K channels, 512 for ResNet-18)", True),
-    "ablationcam": (explain_ablationcam, dict(_PERTURB_OPTS),
+    "ablationcam": (explain_ablationcam, {"method_batch": 256, "progress": False},
                     "Ablation-CAM: channel weights = relative logit drop when the channel is zeroed",
-                    "1 + K/method_batch forwards + K head-only forwards", True),
+                    "1 + K/method_batch forwards + K head-only forwards (K channels)", True),
 }

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import GridcamError
 from .cams import DEFAULT_METHOD_BATCH, _bar, _check_method_batch
 from .gradcam import _as_2d_targets, _check_targets
 
@@ -114,7 +115,7 @@ def explain_rise(
     """
     _check_method_batch(method_batch)
     if not 0 < p <= 1:
-        raise ValueError(f"rise needs 0 < p <= 1, got {p}")
+        raise GridcamError(f"rise needs 0 < p <= 1, got {p}")
     logits, targets = _clean_forward(model, images, targets)
     B, T = targets.shape
     H, W = images.shape[-2:]
@@ -125,7 +126,7 @@ def explain_rise(
         num = len(masks)
     else:
         if num_masks < 1 or cells < 1:
-            raise ValueError(f"rise needs num_masks >= 1 and cells >= 1, got {num_masks}, {cells}")
+            raise GridcamError(f"rise needs num_masks >= 1 and cells >= 1, got {num_masks}, {cells}")
         grids, dy, dx = rise_masks(num_masks, (H, W), cells=cells, p=p, generator=generator,
                                    seed=seed)
         num = num_masks
@@ -182,7 +183,7 @@ def explain_occlusion(
     _check_method_batch(method_batch)
     H, W = images.shape[-2:]
     if not (1 <= stride <= window <= min(H, W)):
-        raise ValueError(
+        raise GridcamError(
             f"occlusion needs 1 <= stride <= window <= image side {min(H, W)}, got window={window}, "
             f"stride={stride}"
         )
@@ -261,7 +262,7 @@ def explain_extremal_perturbation(
     """
     _check_method_batch(method_batch)
     if not 0 < area < 1 or iterations < 1 or step < 1:
-        raise ValueError(
+        raise GridcamError(
             f"extremal_perturbation needs 0 < area < 1, iterations >= 1, step >= 1, got "
             f"area={area}, iterations={iterations}, step={step}"
         )

@@ -1,0 +1,106 @@
+"""Benchmark: images/s of the CAM family and the perturbation methods (issue 11, part B).
+
+Model: ``gridcam.models.create(--arch, num_classes=1000)``, random weights (seeded), eval mode,
+float32, CPU (``--threads`` intra-op threads). Every method runs with its library defaults (the
+real cost: RISE 4000 masks, Score-CAM one forward per channel, ...) on ``--images`` random
+images of ``--size`` px (``--slow-images`` for the perturbation-heavy methods), for T = each of
+``--targets`` target classes per image. A fast method is timed over ``--repeats`` calls after one
+untimed call on the same shapes (oneDNN picks kernels per shape); a slow one over one call, after
+one untimed forward of the model.
+Grad-CAM (``cam.explain_gradcam``) and, where installed, Captum's ``Occlusion`` with the same
+window, stride and batch are timed as references.
+
+Prints a Markdown table (method, T, seconds per call, images/s) and ends with one JSON line.
+Example::
+
+    python benchmarks/cam_family.py                           # resnet18, 224 px, T = 1 and 5
+    python benchmarks/cam_family.py --methods gradcampp scorecam --images 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+
+from gridcam import models
+from gridcam.cam import cams, perturbation
+from gridcam.cam.gradcam import explain_gradcam
+
+METHODS = {**cams.METHODS, **perturbation.METHODS}
+SLOW = {"rise", "scorecam", "extremal_perturbation", "occlusion"}
+
+
+def _captum_occlusion(model, layer, images, targets, **_):
+    from captum.attr import Occlusion
+
+    opts = perturbation.METHODS["occlusion"][1]
+    occ = Occlusion(model)
+    w, s = opts["window"], opts["stride"]
+    per_eval = max(1, opts["method_batch"] // images.shape[0])
+    maps = [occ.attribute(images, sliding_window_shapes=(3, w, w), strides=(3, s, s),
+                          baselines=0.0, target=targets[:, t], perturbations_per_eval=per_eval)
+            for t in range(targets.shape[1])]
+    return torch.stack(maps, 1).mean(2).clamp_min(0), None
+
+
+def _time(fn: Callable, model, layer, images, targets, repeats: int, warm: bool) -> float:
+    if warm:  # a fast method: one untimed call on the same shapes
+        fn(model, layer, images, targets)
+    else:  # a slow one amortises its first forwards over hundreds; warm the model up only
+        with torch.no_grad():
+            model(images)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn(model, layer, images, targets)
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=2, help="images per call (fast methods)")
+    parser.add_argument("--slow-images", type=int, default=1,
+                        help="images per call for " + ", ".join(sorted(SLOW)))
+    parser.add_argument("--targets", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls (fast methods)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="subset of: gradcam " + " ".join(METHODS) + " captum_occlusion")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = models.create(args.arch, num_classes=1000).eval()
+    layer = models.cam_layer(model)
+    table = {"gradcam": explain_gradcam, **{k: v[0] for k, v in METHODS.items()}}
+    try:
+        import captum  # noqa: F401
+        table["captum_occlusion"] = _captum_occlusion
+    except ImportError:
+        pass
+    names = args.methods or list(table)
+    rows = []
+    print("| method | T | images/call | s/call | images/s |\n|---|---|---|---|---|")
+    for name in names:
+        slow = name in SLOW or name == "captum_occlusion"
+        n = args.slow_images if slow else args.images
+        images = torch.randn(n, 3, args.size, args.size)
+        for T in args.targets:
+            targets = torch.randint(0, 1000, (n, T))
+            sec = _time(table[name], model, layer, images, targets, 1 if slow else args.repeats,
+                        warm=not slow)
+            rows.append({"method": name, "T": T, "images": n, "s_per_call": round(sec, 3),
+                         "images_per_s": round(n / sec, 4)})
+            print(f"| {name} | {T} | {n} | {sec:.3f} | {n / sec:.4g} |", flush=True)
+    print(json.dumps({"arch": args.arch, "size": args.size, "threads": args.threads,
+                      "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                      "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
