@@ -256,13 +256,14 @@ def test_model_is_left_unchanged_also_after_an_error(name):
     ref = model(x).detach()
     before = _snapshot(model)
     fn, _, _, _, uses_layer = ALL[name]
-    fn(model, layer if uses_layer else None, x, torch.tensor([[0, 3], [2, 2]]), **FAST.get(name, {}))
+    layer = layer if uses_layer else None
+    fn(model, layer, x, torch.tensor([[0, 3], [2, 2]]), **FAST.get(name, {}))
     _assert_unchanged(model, before, x)
     torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
     for fail_at in (1, 2):  # in the first forward; in the second, if the method does one
         flaky = Flaky(model, fail_at).eval()
         try:
-            fn(flaky, layer if uses_layer else None, x, torch.tensor([0, 1]), **FAST.get(name, {}))
+            fn(flaky, layer, x, torch.tensor([0, 1]), **FAST.get(name, {}))
             assert fail_at > 1, "the first forward raised, so must the method"
         except RuntimeError as err:
             assert "boom" in str(err)

@@ -103,20 +103,25 @@ def _gradient_cam(
     return _combine(weighting(acts.float(), grads), acts), logits
 
 
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` where ``den != 0``, else 0 (broadcasting)."""
+    ok = den != 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), 0.0)
+
+
 # ---- weightings: (acts (B,K,h,w) float32, grads (B,T,K,h,w) float32) -> W -------------------
 
 def _gradcampp_weights(acts: Tensor, grads: Tensor) -> Tensor:
     g2 = grads * grads
     denom = 2 * g2 + acts.sum(dim=(-2, -1), keepdim=True)[:, None] * g2 * grads
     # The paper sets alpha = 0 where its denominator vanishes (there the gradient is 0 too).
-    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
+    alpha = _safe_div(g2, denom)
     return (alpha * grads.clamp_min(0)).sum(dim=(-2, -1))
 
 
 def _xgradcam_weights(acts: Tensor, grads: Tensor) -> Tensor:
     total = acts.sum(dim=(-2, -1), keepdim=True)  # (B,K,1,1)
-    share = torch.where(total != 0, acts / torch.where(total != 0, total, torch.ones_like(total)), 0.0)
-    return (share[:, None] * grads).sum(dim=(-2, -1))
+    return (_safe_div(acts, total)[:, None] * grads).sum(dim=(-2, -1))
 
 
 def _hirescam_weights(acts: Tensor, grads: Tensor) -> Tensor:
@@ -367,12 +372,12 @@ METHODS: dict[str, tuple[Callable[..., tuple[Tensor, Tensor]], dict[str, Any], s
                  "LayerCAM: ReLU(sum_k ReLU(g_k) * A_k)",
                  "1 forward + 1 backward", True),
     "eigencam": (explain_eigencam, {},
-                 "Eigen-CAM: first principal component of the CAM-layer activations (class-agnostic)",
+                 "Eigen-CAM: first principal component of the CAM-layer activations (no class)",
                  "1 forward", True),
     "scorecam": (explain_scorecam, dict(_PERTURB_OPTS),
-                 "Score-CAM: channel weights = class probability of the image masked by each channel",
+                 "Score-CAM: channel weights = class probability of the channel-masked image",
                  "1 + K forwards (K channels, 512 for ResNet-18)", True),
     "ablationcam": (explain_ablationcam, {"method_batch": 256, "progress": False},
-                    "Ablation-CAM: channel weights = relative logit drop when the channel is zeroed",
+                    "Ablation-CAM: channel weights = relative logit drop when a channel is zeroed",
                     "1 + K/method_batch forwards + K head-only forwards (K channels)", True),
 }

@@ -126,7 +126,8 @@ def explain_rise(
         num = len(masks)
     else:
         if num_masks < 1 or cells < 1:
-            raise GridcamError(f"rise needs num_masks >= 1 and cells >= 1, got {num_masks}, {cells}")
+            raise GridcamError(
+                f"rise needs num_masks >= 1 and cells >= 1, got {num_masks}, {cells}")
         grids, dy, dx = rise_masks(num_masks, (H, W), cells=cells, p=p, generator=generator,
                                    seed=seed)
         num = num_masks
@@ -184,8 +185,8 @@ def explain_occlusion(
     H, W = images.shape[-2:]
     if not (1 <= stride <= window <= min(H, W)):
         raise GridcamError(
-            f"occlusion needs 1 <= stride <= window <= image side {min(H, W)}, got window={window}, "
-            f"stride={stride}"
+            f"occlusion needs 1 <= stride <= window <= image side {min(H, W)}, got "
+            f"window={window}, stride={stride}"
         )
     logits, targets = _clean_forward(model, images, targets)
     B, T = targets.shape
@@ -199,11 +200,12 @@ def explain_occlusion(
     counts = in_rows.t() @ in_cols  # (H,W): windows covering each pixel (>= 1 everywhere)
     score0 = logits.float().gather(1, targets)  # (B,T)
     total = x.new_zeros((B, T, H, W), dtype=torch.float32)
+    fill = torch.full_like(x[:1], baseline)[None]
     per_chunk = max(1, method_batch // B)
     with torch.no_grad(), _bar(progress, len(tops) * B, "occlusion") as bar:
         for start in range(0, len(tops), per_chunk):
             m = in_rows[start:start + per_chunk, :, None] * in_cols[start:start + per_chunk, None]
-            occluded = torch.where(m[:, None, None] > 0, torch.full_like(x[:1], baseline)[None], x[None])
+            occluded = torch.where(m[:, None, None] > 0, fill, x[None])
             out = model(occluded.flatten(0, 1)).float().unflatten(0, (len(m), B))
             drop = score0[None] - out.gather(2, targets[None].expand(len(m), B, T))  # (n,B,T)
             total += torch.einsum("nbt,nhw->bthw", drop, m)
@@ -222,8 +224,9 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = k / k.sum()
     C = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(C, 1, 1, 1), groups=C)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).repeat(C, 1, 1, 1), groups=C)
+    rows, cols = k.view(1, 1, -1, 1).repeat(C, 1, 1, 1), k.view(1, 1, 1, -1).repeat(C, 1, 1, 1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), cols, groups=C)
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), rows, groups=C)
 
 
 def explain_extremal_perturbation(
@@ -243,8 +246,9 @@ def explain_extremal_perturbation(
     """Extremal perturbation, "preserve" variant (Fong, Patrick & Vedaldi, ICCV 2019,
     "Understanding Deep Networks via Extremal Perturbations and Smooth Masks").
 
-    ``m* = argmax_m f_t(m * x + (1 - m) * blur(x)) - lambda ||sort(m) - r_area||^2``: the smooth mask
-    of area ``area`` that best preserves the target logit when the rest of the image is blurred.
+    ``m* = argmax_m f_t(m * x + (1 - m) * blur(x)) - lambda ||sort(m) - r_area||^2``: the smooth
+    mask of area ``area`` that best preserves the target logit when the rest of the image is
+    blurred.
     ``r_area`` is the sorted vector with a fraction ``area`` of ones (the paper's area constraint).
     A faithful but small version of TorchRay's: the mask is a grid of parameters every ``step``
     px in [0,1] (start 1), bilinearly upsampled and Gaussian-smoothed (sigma = step); one blurred
