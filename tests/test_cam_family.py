@@ -271,6 +271,20 @@ def test_model_is_left_unchanged_also_after_an_error(name):
     torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_same_maps_under_inference_mode(name):
+    """The evaluator may call a method under torch.inference_mode()."""
+    torch.manual_seed(6)
+    model = models.create("tiny_resnet", num_classes=4).eval()
+    fn, _, _, _, uses_layer = ALL[name]
+    layer = models.cam_layer(model) if uses_layer else None
+    x, targets = torch.randn(2, 3, 32, 32), torch.tensor([[0, 1], [2, 3]])
+    want, _ = fn(model, layer, x, targets, **FAST.get(name, {}))
+    with torch.inference_mode():
+        got, _ = fn(model, layer, x.clone(), targets, **FAST.get(name, {}))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
 def test_registry_entries_are_complete():
     import inspect
 

@@ -297,17 +297,19 @@ def _extremal_masks(
     iterations: int, step: int, lr: float, tick: Callable[[int], Any],
 ) -> Tensor:
     """Optimise the masks of n (image, target) pairs together; return them (n,H,W) float32."""
-    n = len(x)
-    H, W = x.shape[-2:]
-    param = x.new_ones((n, 1, math.ceil(H / step) + 1, math.ceil(W / step) + 1),
-                       dtype=torch.float32).requires_grad_(True)
-    reference = torch.zeros(H * W, device=x.device)
-    reference[H * W - int(round(area * H * W)):] = 1
-    optimizer = torch.optim.Adam([param], lr=lr)
-    growth = 1.0035 ** (800 / max(1, iterations - 1))
-    rows = torch.arange(n, device=x.device)
-    weight = 300.0
     with torch.inference_mode(False), torch.enable_grad():
+        # Clones: the inputs may be inference tensors (the caller is under inference_mode),
+        # which autograd cannot save for the backward.
+        x, blurred, targets = x.clone(), blurred.clone(), targets.clone()
+        n, (H, W) = len(x), x.shape[-2:]
+        param = x.new_ones((n, 1, math.ceil(H / step) + 1, math.ceil(W / step) + 1),
+                           dtype=torch.float32).requires_grad_(True)
+        reference = torch.zeros(H * W, device=x.device)
+        reference[H * W - int(round(area * H * W)):] = 1
+        optimizer = torch.optim.Adam([param], lr=lr)
+        growth = 1.0035 ** (800 / max(1, iterations - 1))
+        rows = torch.arange(n, device=x.device)
+        weight = 300.0
         for _ in range(iterations):
             mask = _smooth_mask(param, (H, W), step)
             perturbed = mask.to(x.dtype) * x + (1 - mask.to(x.dtype)) * blurred
@@ -321,8 +323,8 @@ def _extremal_masks(
                 param.clamp_(0, 1)
             weight *= growth
             tick(n)
-    with torch.no_grad():
-        return _smooth_mask(param, (H, W), step)[:, 0].clamp(0, 1)
+        with torch.no_grad():
+            return _smooth_mask(param, (H, W), step)[:, 0].clamp(0, 1)
 
 
 _SEEDED = {"method_batch": DEFAULT_METHOD_BATCH, "seed": 0, "generator": None, "progress": False}
