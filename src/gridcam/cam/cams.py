@@ -43,8 +43,9 @@ __all__ = [
     "layer_activations",
 ]
 
-#: Default number of perturbed inputs per forward for Score-CAM and Ablation-CAM.
-DEFAULT_METHOD_BATCH = 64
+#: Default number of perturbed images per forward (Score-CAM and the perturbation methods).
+#: On one CPU thread ResNet-18 at 224 px ran 0.13 s/image in batches of 16, 0.17 in batches of 64.
+DEFAULT_METHOD_BATCH = 16
 
 
 def layer_activations(
