@@ -108,7 +108,8 @@ def explain_rise(
     Args:
         num_masks, cells, p: N, s and p of the paper.
         masks: (N,H,W) masks to use instead of random ones (then ``p`` is still the normaliser).
-        method_batch: masked images per forward. seed / generator: the masks' randomness.
+        method_batch: masked images per forward (at least one mask for all B images).
+        seed / generator: the masks' randomness.
         progress: show a progress bar.
     Returns (B,T,H,W) maps and the clean logits (B,C).
     Cost per image: 1 + N forwards, no backward; the T targets share them.
@@ -176,7 +177,8 @@ def explain_occlusion(
 
     Args:
         window, stride: in pixels (stride <= window). baseline: the occluding value.
-        method_batch: occluded images per forward. progress: show a progress bar.
+        method_batch: occluded images per forward (at least one window for all B images).
+        progress: show a progress bar.
     Returns (B,T,H,W) maps and the clean logits (B,C).
     Cost per image: 1 + ceil((H-w)/s + 1) * ceil((W-w)/s + 1) forwards (169 at 224 px with the
     defaults), no backward; the T targets share them.
