@@ -4,10 +4,10 @@ Model: ``gridcam.models.create(--arch, num_classes=1000)``, random weights (seed
 float32, CPU (``--threads`` intra-op threads). Every method runs with its library defaults (the
 real cost: RISE 4000 masks, Score-CAM one forward per channel, ...) on ``--images`` random
 images of ``--size`` px (``--slow-images`` for the perturbation-heavy methods), for T = each of
-``--targets`` target classes per image. The fast methods are timed in ``--repeats`` rounds over
-all of them (the fastest call of each kept: the machine may be shared), after one untimed call
-each on the same shapes (oneDNN picks kernels per shape); a slow one over one call, after one
-untimed forward of the model.
+``--targets`` target classes per image. All methods are timed in rounds over all of them, the
+fastest call of each kept (the machine may be shared; interleaving spreads the other load over
+the methods): ``--repeats`` calls of a fast method, after one untimed call on the same shapes
+(oneDNN picks kernels per shape); ``--slow-repeats`` of a slow one, after one untimed forward.
 Grad-CAM (``cam.explain_gradcam``) and, where installed, Captum's ``Occlusion`` with the same
 window, stride and batch are timed as references.
 
@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--targets", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed calls, the fastest kept (fast methods)")
+    parser.add_argument("--slow-repeats", type=int, default=1,
+                        help="timed calls, the fastest kept (slow methods)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rise-masks", type=int, default=4000,
                         help="RISE's N (cost is 1 + N forwards: time scales linearly)")
@@ -88,21 +90,20 @@ def main() -> None:
         images = torch.randn(n, 3, args.size, args.size)
         cases += [(name, T, images, torch.randint(0, 1000, (n, T))) for T in args.targets]
     best: dict[tuple[str, int], float] = {}
-    fast = [c for c in cases if c[0] not in SLOW and c[0] != "captum_occlusion"]
-    for name, T, images, targets in fast:  # untimed warm-up on the same shapes
-        table[name](model, layer, images, targets)
-    # Fast methods: rounds over all of them, the fastest call of each kept (the machine is
-    # shared; interleaving spreads the other load evenly). Slow ones: one call each, after one
-    # untimed forward (they amortise their first forwards over hundreds).
-    for _ in range(args.repeats):
-        for name, T, images, targets in fast:
-            sec = _call(table[name], model, layer, images, targets)
-            best[name, T] = min(best.get((name, T), float("inf")), sec)
-    for name, T, images, targets in cases:
-        if (name, T) not in best:
+    is_slow = {c[0]: c[0] in SLOW or c[0] == "captum_occlusion" for c in cases}
+    for name, T, images, targets in cases:  # untimed warm-up on the same shapes
+        if is_slow[name]:  # a slow method amortises its first forwards over hundreds
             with torch.no_grad():
                 model(images)
-            best[name, T] = _call(table[name], model, layer, images, targets)
+        else:
+            table[name](model, layer, images, targets)
+    # Rounds over all methods, the fastest call of each kept: the machine may be shared, and
+    # interleaving spreads the other load evenly over the methods.
+    for r in range(max(args.repeats, args.slow_repeats)):
+        for name, T, images, targets in cases:
+            if r < (args.slow_repeats if is_slow[name] else args.repeats):
+                sec = _call(table[name], model, layer, images, targets)
+                best[name, T] = min(best.get((name, T), float("inf")), sec)
     rows = []
     print("| method | T | images/call | s/call | images/s |\n|---|---|---|---|---|")
     for name, T, images, _ in cases:
