@@ -118,7 +118,8 @@ def reference(model, ds, num_classes: int, seed: int = 0, samples: int = 100, to
     # pass 2: stochastic pointing game
     spg = []
     for item in loader():
-        u_all = spg_uniforms(seed, int(item["index"]), len(item["classes"]), samples).numpy()
+        # seeded by the image's identity (its file name), as gridcam does
+        u_all = spg_uniforms(seed, str(item["key"]), len(item["classes"]), samples).numpy()
         for t, c in enumerate(item["classes"].tolist()):
             p = _heatmap(model, layer, item, c)
             if p is None:

@@ -7,9 +7,6 @@ for one epoch) through ``gridcam.cli.main`` and checks: exit status 0, every cor
 on exactly one ``gridcam: warning:`` line of stderr, no Python source path, the summary's counts
 by reason equal to the corruptions made, and every untouched (image, class) pair scored exactly
 as on the clean dataset. Seeded loops (few examples), not hypothesis: each example runs the CLI.
-
-Parts that need the engine to use the data layer's problems and image keys (issue 13 integration)
-are marked xfail (non-strict) until then.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ RESIZE = 48
 #: corruption -> the reason code it must be reported with
 EXPECTED = {"jpeg_cut": "truncated", "jpeg_flip": "not_an_image", "jpeg_empty": "empty_file",
             "xml_garbage": "xml_malformed", "xml_delete": "xml_missing"}
-NEEDS_ENGINE = pytest.mark.xfail(reason="needs engine integration", strict=False)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +135,6 @@ def test_evaluation_with_random_corruption(clean, seed, tmp_path, capsys):
     assert not any(k[0] in touched for k in pairs)
 
 
-@NEEDS_ENGINE
 def test_records_carry_reason_codes(clean, tmp_path, capsys):
     """The per-image records and results.json count skipped images by the stable reason code."""
     root = tmp_path / "d"
@@ -155,7 +150,6 @@ def test_records_carry_reason_codes(clean, tmp_path, capsys):
         assert by_image[name]["skipped"] == code and by_image[name]["file"] == str(named)
 
 
-@NEEDS_ENGINE
 def test_spg_does_not_depend_on_neighbours(clean, tmp_path, capsys):
     """SPG draws are seeded by the image's identity: deleting other images (or --limit) changes
     no remaining image's SPG."""
@@ -171,7 +165,6 @@ def test_spg_does_not_depend_on_neighbours(clean, tmp_path, capsys):
     assert {k: pairs[k]["spg"] for k in kept} == {k: v["spg"] for k, v in kept.items()}
 
 
-@NEEDS_ENGINE
 def test_loader_workers_report_through_the_main_process(clean, tmp_path, capsys):
     """With loader worker processes, the problems still reach the main process's summary."""
     root = tmp_path / "d"

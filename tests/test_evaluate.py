@@ -103,7 +103,7 @@ def _reference(model, ds, seed=0, samples=100, tol=15.0):
             continue
         H, W = it["size"]
         T = len(it["classes"])
-        u_all = E.spg_uniforms(seed, i, T, samples).numpy()
+        u_all = E.spg_uniforms(seed, it["key"], T, samples).numpy()
         for t, c in enumerate(it["classes"].tolist()):
             with torch.enable_grad(), cam.capture(layer) as feats:
                 x = it["image"][None].to(next(model.parameters()).dtype)
@@ -259,11 +259,12 @@ def test_all_zero_heatmap_is_skipped_and_counted(imagenet_root, tmp_path) -> Non
     res = _run(model, ds, batch_size=4, per_image=tmp_path / "z.jsonl")
     n0 = sum(1 for i in range(len(ds)) if ds[i]["classes"].tolist() == [0])
     assert n0 > 0
-    recs = [r for r in _records(tmp_path / "z.jsonl") if r.get("skipped") == "zero heatmap"]
+    recs = [r for r in _records(tmp_path / "z.jsonl") if r.get("skipped") == "zero_heatmap"]
     assert {r["class"] for r in recs} >= {0}
     assert sum(r["class"] == 0 for r in recs) == n0
     g = res["metrics"]["gradcam"]
-    assert g["skipped_reasons"]["zero heatmap"] == len(recs)
+    assert g["skipped_reasons"]["zero_heatmap"] == len(recs)
+    assert "zero_heatmap" not in res["problems"]  # not a problem in the data
     assert g["evaluated"] + g["skipped"] == len(ds)
 
 
@@ -287,7 +288,10 @@ def test_coco_several_categories_per_image(coco_root, tmp_path) -> None:
     tp = (pred & truth).sum(0).double()
     overall_p = tp.sum() / pred.sum() * 100
     assert res["classification"]["precision_overall"] == pytest.approx(float(overall_p))
-    assert res["images"]["skipped_reasons"].get("no annotations", 0) == ds.skipped_no_annotations
+    assert res["images"]["skipped_reasons"].get("no_annotations", 0) == ds.skipped_no_annotations
+    if ds.skipped_no_annotations:
+        assert res["problems"]["no_annotations"]["count"] == ds.skipped_no_annotations
+    assert res["config"]["split"] == "val2014"
 
 
 def test_cli_xml_beside_and_in_annotation_folder(imagenet_root, checkpoint, tmp_path, capsys) -> None:
@@ -335,21 +339,100 @@ def test_cli_bad_input_is_counted_with_clear_messages(imagenet_root, checkpoint,
     (val / "ILSVRC2012_val_00000004.JPEG").write_bytes(b"not a jpeg")  # unreadable image
     rc = cli_main(["evaluate", "imagenet", str(root), "--checkpoint", str(checkpoint),
                    "--input-resize", str(RESIZE), "-j", "0", "--quiet",
-                   "--output", str(tmp_path / "r.json")])
+                   "--output", str(tmp_path / "r.json"), "--per-image", str(tmp_path / "r.jsonl")])
     assert rc == 0
     captured = capsys.readouterr()
     err = captured.err  # one line per problem (issue 13), then the counts
     assert f"gridcam: warning: {val / 'ILSVRC2012_val_00000004.JPEG'}: not an image" in err
     assert err.rstrip().splitlines()[-1] == ("gridcam: 4 data problem(s) worked around: "
                                              "1 box_outside, 1 not_an_image, 1 unknown_class, 1 xml_missing")
+    assert len([x for x in err.splitlines() if x.startswith("gridcam: warning: ")]) == 4  # once each
     res = json.loads((tmp_path / "r.json").read_text())
-    assert res["images"]["skipped_reasons"] == {"missing annotation": 1, "unreadable image": 1}
-    assert res["skipped_pairs"] == {"unknown wnid": 1, "boxes outside the image": 1}
+    assert res["images"]["skipped_reasons"] == {"not_an_image": 1, "xml_missing": 1}
+    assert res["skipped_pairs"] == {"box_outside": 1, "unknown_class": 1}
     g = res["metrics"]["gradcam"]
-    assert g["skipped_reasons"]["unknown wnid"] == 1 and g["evaluated"] + g["skipped"] == 14
+    assert g["skipped_reasons"]["unknown_class"] == 1 and g["evaluated"] + g["skipped"] == 14
     assert res["classification"]["images"] == 13  # the unknown-wnid image has no label
+    # results.json: every problem by code, with its meaning and examples naming file and cause
+    assert {k: v["count"] for k, v in res["problems"].items()} == {
+        "box_outside": 1, "not_an_image": 1, "unknown_class": 1, "xml_missing": 1}
+    (ex,) = res["problems"]["unknown_class"]["examples"]
+    assert ex == {"reason": "unknown_class", "file": str(xmls[1]), "where": "<object>[1]/<name>",
+                  "cause": "unknown wnid n99999999 (not in the class list)"}
+    assert res["problems"]["not_an_image"]["meaning"].startswith("not an image format")
     printed = captured.out
-    assert "missing annotation" in printed and "unknown wnid" in printed
+    assert "xml_missing" in printed and "unknown_class" in printed
+    # per-image records: the code in "skipped", the cause in "reason", the file at fault
+    skips = {r["skipped"]: r for r in _records(tmp_path / "r.jsonl")
+             if "skipped" in r and "method" not in r}
+    assert skips["unknown_class"] == {
+        "image": str(val / xmls[1].name.replace(".xml", ".JPEG")), "index": 1, "class": "n99999999",
+        "skipped": "unknown_class", "reason": "unknown wnid n99999999 (not in the class list)",
+        "file": str(xmls[1]), "where": "<object>[1]/<name>"}
+    assert skips["box_outside"]["file"] == str(xmls[2]) and skips["box_outside"]["class"] >= 0
+    assert skips["xml_missing"]["done"] and skips["xml_missing"]["image"].endswith("00000001.JPEG")
+    assert skips["not_an_image"] == {
+        "image": str(val / "ILSVRC2012_val_00000004.JPEG"), "index": 3, "done": True,
+        "skipped": "not_an_image", "reason": "not an image (PIL cannot identify the format)",
+        "file": str(val / "ILSVRC2012_val_00000004.JPEG")}
+
+
+def test_problems_in_records_results_and_resume(coco_root, tmp_path) -> None:
+    """A segmentation that cannot be decoded falls back to its bbox: the pair is scored, the
+    image's done record lists the problem and results.json counts it; an unreadable image is a
+    skipped done record. A resumed run reads both back from the records: the same results."""
+    root = tmp_path / "c"
+    shutil.copytree(coco_root, root)
+    ann_file = root / "annotations" / "instances_val2014.json"
+    d = json.loads(ann_file.read_text())
+    bad = d["annotations"][0]
+    bad["segmentation"] = []
+    ann_file.write_text(json.dumps(d))
+    ds = CocoLoc(str(root), None, eval_transform(RESIZE))  # split None: val2014
+    victim = next(i for i in range(len(ds)) if ds.ids[i] != bad["image_id"])
+    Path(ds.path(victim)).write_bytes(b"")
+    path = tmp_path / "p.jsonl"
+    full = _run(_model(), ds, batch_size=4, per_image=path)
+    assert full["config"]["split"] == "val2014"
+    recs = _records(path)
+    (done,) = [r for r in recs if r.get("done") and r["index"] == ds.ids.index(bad["image_id"])]
+    assert [(p["reason"], p["file"], p["where"]) for p in done["problems"]] == [
+        ("bad_segmentation", str(ann_file), f"annotation {bad['id']}")]
+    assert "bbox" in done["problems"][0]["cause"]
+    (gone,) = [r for r in recs if r.get("done") and r["index"] == victim]
+    assert gone["skipped"] == "empty_file" and gone["file"] == ds.path(victim)
+    assert full["images"]["skipped_reasons"]["empty_file"] == 1
+    assert full["problems"]["bad_segmentation"]["count"] == 1
+    assert full["problems"]["empty_file"]["examples"] == [
+        {"reason": "empty_file", "file": ds.path(victim), "cause": "empty file (0 bytes)"}]
+    again = _run(_model(), ds, batch_size=4, per_image=path)
+    assert again["images"]["resumed"] == len(ds)
+    assert _scores(again) == _scores(full) and again["problems"] == full["problems"]
+
+
+def test_cli_coco_without_split_uses_the_only_annotation_file(coco_root, checkpoint, tmp_path,
+                                                              capsys) -> None:
+    """A COCO 2017 layout without --split: the only instances_*.json is used, a note says so,
+    and the results record the split used."""
+    root = tmp_path / "c17"
+    shutil.copytree(coco_root, root)
+    (root / "val2014").rename(root / "val2017")
+    (root / "annotations" / "instances_val2014.json").rename(root / "annotations" / "instances_val2017.json")
+    for extra in (root / "annotations").glob("instances_train*.json"):
+        extra.unlink()
+    rc = cli_main(["evaluate", "coco", str(root), "--checkpoint", str(checkpoint), "--input-resize",
+                   str(RESIZE), "-j", "0", "--quiet", "--limit", "3", "--output", str(tmp_path / "r.json")])
+    assert rc == 0
+    assert "gridcam: note: instances_val2014.json not found; using the only annotation file" in (
+        capsys.readouterr().err)
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["split"] == "val2017"
+
+
+def test_per_image_file_of_another_format_is_refused(imagenet_root, tmp_path) -> None:
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps({HEADER_KEY: 1, "config": {}}) + "\n")
+    with pytest.raises(E.GridcamError, match="format 1"):
+        _run(_model(), _imagenet_ds(imagenet_root), per_image=path, limit=2)
 
 
 def test_cli_wrong_architecture_and_missing_checkpoint(imagenet_root, checkpoint, capsys) -> None:

@@ -248,8 +248,8 @@ def test_spg_and_ch_are_averaged_over_pairs() -> None:
     assert c.content_heatmap() == pytest.approx((1 + 0.25 + 0.5) / 3 * 100)
     r = c.result()
     assert r["pointing_game"] is None and r["evaluated"] == 3 and r["skipped"] == 0
-    c.skip("zero heatmap", 2)
-    assert c.result()["skipped"] == 2 and c.result()["skipped_reasons"] == {"zero heatmap": 2}
+    c.skip("zero_heatmap", 2)
+    assert c.result()["skipped"] == 2 and c.result()["skipped_reasons"] == {"zero_heatmap": 2}
 
 
 def test_counts_merge_exactly_and_records_round_trip() -> None:

@@ -329,7 +329,7 @@ def test_seeded_items_depend_only_on_seed_epoch_and_index():
     ds.epoch = 1
     assert not torch.equal(ds[0][0], first[0])
     skipped = ds[5]
-    assert type(skipped).__name__ == "_Skipped" and "item 5" in skipped.reason
+    assert type(skipped).__name__ == "_Skipped" and skipped.problem.file == "#5"
 
 
 def test_resumable_sampler_skips_exactly_the_consumed_indices():

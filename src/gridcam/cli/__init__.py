@@ -8,6 +8,7 @@ the handlers so ``gridcam --help`` is fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -36,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         # Data problems: one line each, told once, counted by reason in a summary at the end.
-        with problems.plain_warnings(), problems.collecting():
+        # Under torchrun only rank 0 tells them (the engines gather every rank's problems).
+        with problems.plain_warnings(), problems.collecting(quiet=os.environ.get("RANK", "0") != "0"):
             result = args.func(args)
     except GridcamError as exc:
         print(f"gridcam: error: {exc}", file=sys.stderr)

@@ -50,7 +50,9 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", default=None,
                    help="ImageNet: file listing the class wnids in model order, one per line "
                         "(default: sorted folders of ROOT/train)")
-    p.add_argument("--split", default="val2014", help="COCO: image folder / annotation split")
+    p.add_argument("--split", default=None,
+                   help="COCO: image folder / annotation split (default val2014, or the only "
+                        "instances_*.json there is); the split used is recorded in the results")
     p.add_argument("--output", default="results.json")
     p.add_argument("--per-image", default=None,
                    help="JSON-lines file of per-image results; an existing one is resumed")

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from gridcam.cli.common import DEFAULT_WORKERS as _DEFAULT_WORKERS
+from gridcam.cli.common import add_model_options
 from gridcam.recipes import recipe
 
 if TYPE_CHECKING:
     from gridcam.engine.train_config import TrainConfig
+
+
+#: ``--pretrained`` given without a file (the paper's torchvision flag).
+BARE = "<bare --pretrained>"
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -22,8 +28,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     for name in ("imagenet", "coco"):
         k = kinds.add_parser(name, help=f"{name}-style data")
         k.add_argument("data")
-        k.set_defaults(func=main)
+        k.set_defaults(func=main, _parser=k)
         _train_options(k, coco=(name == "coco"))
+        add_model_options(k)
+        _paper_options(k)
 
 
 def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
@@ -34,22 +42,29 @@ def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
                    help="data-loading processes per rank (default: min(4, CPU count))")
     r = recipe("coco" if coco else "imagenet")
     p.add_argument("--epochs", type=int, default=int(r["epochs"]))
-    p.add_argument("--lr", type=float, default=r["lr"])
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=r["lr"],
+                   help=f"initial learning rate (paper: {r['lr']:g}; --learning-rate as the paper's scripts)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", dest="wd", type=float, default=r["wd"],
                    help="weight decay (paper: 1e-4 ImageNet, 5e-4 COCO)")
     p.add_argument("--lambda", dest="lam", type=float, default=r["lam"],
                    help="weight of the Grad-CAM consistency loss; 0 = baseline (no composites)")
-    p.add_argument("--maxpool", action="store_true", help="global max pooling (GMP) instead of average")
+    p.add_argument("--maxpool", action="store_true", default=None,
+                   help="global max pooling (GMP) instead of average (default: the pooling recorded in "
+                        "--resume/--pretrained/--init, else average; contradicting it is an error)")
     p.add_argument("--resume", default=None,
                    help="checkpoint to continue from exactly (model, optimizer, schedule, RNG); "
-                        "'auto' = the furthest one in --save-dir, if any")
+                        "'auto' = the furthest one in --save-dir, if any. On COCO, a checkpoint with "
+                        "another class count (the paper's ImageNet model) starts the run from its "
+                        "weights with the classifier dropped, as the paper's script (= --init)")
     p.add_argument("--save-dir", "--save_dir", dest="save_dir", default="runs/train")
     p.add_argument("--seed", type=int, default=None,
                    help="run seed (default: drawn once and stored in the checkpoints)")
     p.add_argument("-e", "--evaluate", action="store_true",
                    help="only validate the model (weights from --resume, --pretrained or --init)")
-    p.add_argument("--pretrained", default=None, help="weights file to start from (same classes)")
+    p.add_argument("--pretrained", nargs="?", const=BARE, default=None, metavar="FILE",
+                   help="weights file to start from (same classes); gridcam downloads nothing, so a "
+                        "bare --pretrained (the paper's torchvision flag) asks for the file")
     p.add_argument("--init", default=None,
                    help="start from a checkpoint with its classifier dropped (ImageNet -> COCO)")
     p.add_argument("--negatives", choices=["batch", "dataset"], default="batch",
@@ -65,18 +80,29 @@ def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
     p.add_argument("--lr-steps", default=None,
                    help="comma-separated epochs where the step schedule divides lr by 10 "
                         f"(default: {'24,30' if coco else 'every 30 epochs'}, the paper's)")
-    p.add_argument("--print-freq", type=int, default=10, help="refresh the progress numbers every N steps")
+    p.add_argument("-p", "--print-freq", type=int, default=10, help="refresh the progress numbers every N steps")
     p.add_argument("--image-size", type=int, default=224, help="training crop (composites are twice it)")
     p.add_argument("--freeze-bn", action="store_true",
                    help="BatchNorm uses its running statistics and does not update them (fine-tuning "
                         "with small per-GPU batches)")
     if coco:
-        p.add_argument("--train-split", default="train2014", help="image folder / annotation split")
-        p.add_argument("--val-split", default="val2014", help="image folder / annotation split")
+        p.add_argument("--train-split", default="train2014",
+                       help="training split: DATA/<split>/ images, DATA/annotations/instances_<split>.json")
+        p.add_argument("--val-split", default="val2014",
+                       help="validation split (same layout); skipped when its annotations are absent")
         p.add_argument("--coco-negatives", default=None,
                        help="negatives index for --negatives dataset (default: "
                             "DATA/annotations/negatives_<train-split>.json if present, else built in memory)")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available, else cpu)")
+
+
+def _paper_options(p: argparse.ArgumentParser) -> None:
+    """The paper's scripts' flags that have no direct equivalent (see :func:`paper_flags`)."""
+    p.add_argument("--gpu", type=int, default=None, metavar="N",
+                   help="the paper's GPU id: the same as --device cuda:N")
+    p.add_argument("--num-gpus", type=int, default=None, metavar="N",
+                   help="the paper's multi-GPU flag: N > 1 prints the torchrun command that runs N "
+                        "processes and exits 2 (under torchrun it must equal the world size)")
 
 
 def config_from_args(args: argparse.Namespace) -> "TrainConfig":
@@ -91,12 +117,58 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
     return TrainConfig(**kw)
 
 
+def paper_flags(args: argparse.Namespace) -> None:
+    """Map the paper's own flags (``--gpu``, ``--num-gpus``, bare ``--pretrained``) onto ours, or
+    raise GridcamError (``--num-gpus N``: with the exact torchrun command to run instead)."""
+    from gridcam.errors import GridcamError
+
+    if args.pretrained is BARE:
+        raise GridcamError("--pretrained needs a weights FILE here (gridcam downloads nothing): download "
+                           "the torchvision weights once (e.g. resnet18-f37072fd.pth) and pass --pretrained FILE")
+    if args.gpu is not None:
+        if args.device not in (None, f"cuda:{args.gpu}"):
+            raise GridcamError(f"--gpu {args.gpu} contradicts --device {args.device}; give one of them")
+        args.device = f"cuda:{args.gpu}"
+    n = args.num_gpus
+    if n is None:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if n < 1:
+        raise GridcamError(f"--num-gpus must be >= 1, got {n}")
+    if "WORLD_SIZE" in os.environ and n != world:
+        raise GridcamError(f"--num-gpus {n} but torchrun started {world} processes; make them equal")
+    if n > 1 and "WORLD_SIZE" not in os.environ:
+        raise GridcamError(f"--num-gpus {n}: gridcam runs one process per GPU under torchrun; run: "
+                           f"{torchrun_command(args, n)}")
+
+
+def torchrun_command(args: argparse.Namespace, n: int) -> str:
+    """The ``torchrun --nproc_per_node n ...`` command equivalent to ``args`` (without
+    ``--num-gpus``/``--gpu``): every flag that differs from its default, as the user gave it."""
+    parser: argparse.ArgumentParser = args._parser
+    words = ["torchrun", "--standalone", "--nproc_per_node", str(n), "-m", "gridcam", "train",
+             args.dataset, args.data]
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "num_gpus", "gpu", "device"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default or value is BARE:
+            continue
+        flag = next(o for o in action.option_strings if o.startswith("--"))  # the canonical spelling
+        words += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
+    if args.device and not args.device.startswith("cuda"):
+        words += ["--device", args.device]
+    return shlex.join(words)
+
+
 def main(args: argparse.Namespace) -> int:
     """``gridcam train imagenet|coco DATA ...``: exit 0 when done, 128+signal when interrupted
-    (a resumable ``last.pth.tar`` was written), 3 when the loss became non-finite."""
+    (a resumable ``last.pth.tar`` was written), 3 when the loss became non-finite, 2 for a user
+    error (one line; ``--num-gpus N`` > 1 outside torchrun: the torchrun command to run)."""
     from gridcam.engine.logging import fmt
     from gridcam.engine.train import NonFiniteLoss, TrainingInterrupted, train
 
+    paper_flags(args)
     config = config_from_args(args)
     try:
         summary = train(config)

@@ -53,9 +53,11 @@ __all__ = [
     "checkpoint_name",
     "copy_atomic",
     "find_latest",
+    "is_transfer",
     "load",
     "save",
     "scheduler_state",
+    "state_classes",
     "load_scheduler_state",
     "open_resume",
     "restore_training",
@@ -87,15 +89,33 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc says it (Linux), else set and
+    put back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path`` for writing; on success fsync it and rename it onto
     ``path`` (``os.replace``), so a reader or a crash never sees half a file. On failure the temp
-    file is removed and ``path`` is untouched."""
+    file is removed and ``path`` is untouched. The file gets the mode a plain ``open()`` would
+    give it (0666 less the umask), not mkstemp's 0600, so shared directories work."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; give it the mode open() would: 0666 less the umask.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
@@ -218,12 +238,34 @@ def open_resume(c: "TrainConfig", save_dir: Path, rank0: bool) -> tuple[str | No
     if not resume:
         return None, None
     state = load(resume)
+    if c.evaluate and "state_dict" not in state and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        state = {"state_dict": state, "epoch": 0}  # -e of a plain state dict (torchvision's weights)
     for key in ("state_dict", "epoch"):
         if key not in state:
             raise GridcamError(f"{resume}: not a gridcam/paper training checkpoint (no {key!r})")
     if state.get("arch") not in (None, c.arch):
         raise GridcamError(f"{resume} was trained with -a {state['arch']}, not -a {c.arch}")
     return resume, state
+
+
+def state_classes(state: Mapping[str, Any]) -> int | None:
+    """The class count of a checkpoint dict: its ``num_classes``, else its classifier's rows."""
+    if state.get("num_classes") is not None:
+        return int(state["num_classes"])
+    tensors = {k: v for k, v in state["state_dict"].items() if isinstance(v, torch.Tensor)}
+    try:
+        return models.checkpoint_num_classes(tensors)
+    except GridcamError:
+        return None
+
+
+def is_transfer(c: "TrainConfig", state: Mapping[str, Any], num_classes: int) -> bool:
+    """Whether ``--resume`` of ``state`` is the paper's COCO initialisation: a COCO run (not
+    ``-e``) resumed from a checkpoint with another class count (an ImageNet model)."""
+    if c.dataset != "coco" or c.evaluate:
+        return False
+    n = state_classes(state)
+    return n is not None and n != num_classes
 
 
 def run_seed(c: "TrainConfig", state: Mapping[str, Any] | None, rank0: bool) -> int:

@@ -45,11 +45,12 @@ def imagenet_classes(root: str | os.PathLike,
 
 
 def build_dataset(kind: str, root: str | os.PathLike, input_resize: int, num_classes: int,
-                  classes_file: str | None = None, split: str = "val2014",
+                  classes_file: str | None = None, split: str | None = None,
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Any:
     """``data.ImageNetValLoc`` (``kind`` "imagenet") or ``data.CocoLoc`` ("coco") of ``root``,
     images resized to shorter side ``input_resize`` and normalised with ``mean``/``std`` (default
-    ImageNet's); GridcamError when its number of classes is not ``num_classes`` (the model's)."""
+    ImageNet's); COCO's ``split`` None reads val2014, or the only ``instances_*.json`` there is;
+    GridcamError when its number of classes is not ``num_classes`` (the model's)."""
     from gridcam import data
 
     norm = {k: tuple(v) for k, v in (("mean", mean), ("std", std)) if v is not None}
@@ -59,7 +60,7 @@ def build_dataset(kind: str, root: str | os.PathLike, input_resize: int, num_cla
         raise GridcamError(f"{root}: no such directory")
     if kind == "coco":
         ds = data.CocoLoc(str(root), split=split, transform=transform)
-        source = f"the categories of {split}"
+        source = f"the categories of {ds.annotation_file}"
     else:
         classes, source = imagenet_classes(root, classes_file)
         ds = data.ImageNetValLoc(str(root), classes, transform)

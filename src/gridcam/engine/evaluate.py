@@ -14,8 +14,14 @@ ImageNet, per-class and overall P/R/F1 for COCO) from the same forward. One call
 - :mod:`gridcam.engine.records`: the per-image JSON-lines file (header, resume, ranks' parts).
 
 Distributed (``torchrun``): the batch plan is the same on every rank and batches are dealt
-round-robin; the SPG random numbers depend only on (seed, image index). Hence the numbers are
-exactly those of one process.
+round-robin; the SPG random numbers depend only on (seed, image key), the image's identity (file
+name, COCO image id), not its position. Hence the numbers are exactly those of one process, and an
+image's SPG does not depend on the other files of the folder or on ``--limit``.
+
+Data problems (:mod:`gridcam.problems`): the loader hands them on with the items and they are
+reported here, in the main process (one line each, counted by reason code), and tallied in the
+totals: ``results.json`` counts skipped images and pairs by reason code and lists every problem
+met under ``"problems"`` (count, meaning, examples with the cause in words).
 """
 
 from __future__ import annotations
@@ -33,19 +39,20 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from gridcam import problems as P
 from gridcam.engine import distributed as D
 from gridcam.engine import forward as F
 from gridcam.engine import pipeline, records, scoring
 from gridcam.engine.pipeline import plan_batches
 from gridcam.engine.records import atomic_write_json
-from gridcam.engine.scoring import spg_seed, spg_uniforms
+from gridcam.engine.scoring import spg_uniforms
 from gridcam.engine.tables import format_table
 from gridcam.engine.totals import METRICS, Evaluation, new_totals
 from gridcam.errors import GridcamError
 
 __all__ = [
     "METRICS", "EvalConfig", "Evaluation", "atomic_write_json", "evaluate", "format_table",
-    "model_classes", "plan_batches", "spg_seed", "spg_uniforms",
+    "model_classes", "plan_batches", "spg_uniforms",
 ]
 
 
@@ -58,7 +65,8 @@ class EvalConfig:
     gradcam_variant: "elementwise" or "classic" (None: the method's default, elementwise).
     method_options: more keyword arguments for every ``cam.explain`` call.
     tolerance: pointing-game tolerance in px (strict). spg_samples: SPG draws per pair.
-    seed: SPG seed (the draws of image i depend only on (seed, i)).
+    seed: SPG seed (the draws of an image depend only on (seed, its key), see
+        :func:`gridcam.data.image_key`).
     batch_size: images per forward. workers: DataLoader worker processes (0: loader threads).
     limit: evaluate only images ``0..limit-1``.
     input_resize: shorter side the dataset's transform resizes to (for size bucketing).
@@ -119,18 +127,22 @@ def evaluate(model: nn.Module, dataset: Any, config: EvalConfig | None = None, *
     Args:
         model: classifier (put in ``eval()`` mode here).
         dataset: a localisation dataset (``data.ImageNetValLoc`` / ``data.CocoLoc`` item layout:
-            ``ds[i] -> dict(image (3,h,w), size (H,W), path, index, classes (T,),
-            masks (T,H,W) bool, label, skipped [(class, reason)])`` or None for an unreadable
-            image). ``.sizes`` (original (H,W) per image) enables size bucketing; without it,
-            batches are consecutive indices split by actual shape.
+            ``ds.load(i) -> dict(image (3,h,w), size (H,W), path, index, key, classes (T,),
+            masks (T,H,W) bool, label, skipped [(class, Problem)], problems [Problem])`` or the
+            Problem of an unusable image; a dataset without ``load`` may return None from
+            ``ds[i]``, see :func:`gridcam.data.load_item`). ``.sizes`` (original (H,W) per image)
+            enables size bucketing; without it, batches are consecutive indices split by actual
+            shape. ``.split`` (COCO) is recorded in the results' config.
         config: the settings (default ``EvalConfig()``).
         layer: the model's CAM layer (default ``models.cam_layer(model)``).
         options: :class:`EvalConfig` fields overriding ``config`` (``evaluate(model, ds,
             batch_size=8)``); a mapping given as ``config`` (the former keyword) is ``record``.
     Returns:
         ``{"metrics": {method: {...}}, "classification": {...}, "images": {...},
-        "skipped_pairs": {...}, "config": {...}}`` (the results.json layout), identical on every
-        rank; also written to ``config.output`` when set.
+        "skipped_pairs": {code: n}, "problems": {code: {count, meaning, examples}},
+        "config": {...}}`` (the results.json layout; skip counts keyed by the reason codes of
+        :data:`gridcam.problems.REASONS`), identical on every rank; also written to
+        ``config.output`` when set.
     """
     t0 = time.perf_counter()
     cfg = _resolve(config, options)
@@ -143,7 +155,14 @@ def evaluate(model: nn.Module, dataset: Any, config: EvalConfig | None = None, *
     done = (records.start_or_resume(path, run.header, batches, run.totals, run.rank)
             if path is not None else set())
     pending = [b for b in batches if not all(i in done for i in b)]
+    col = P.active()
+    told = len(col.problems) if col is not None else 0
     _score_batches(run, dataset, pending[run.rank::run.world], cfg, path, resumed=len(done))
+    if run.world > 1:  # the CLI's collectors of the other ranks are quiet: rank 0 tells theirs
+        gathered = D.all_gather_object(col.problems[told:] if col is not None else [])
+        if run.rank == 0:
+            for p in (q for rank_found in gathered[1:] for q in rank_found):  # type: ignore[union-attr]
+                P.report(p)
 
     # Merge every rank's counts exactly (integers), then the per-image parts.
     total = new_totals(run.methods, run.num_classes, cfg.spg_samples, run.multilabel)
@@ -199,6 +218,9 @@ def _setup(model: nn.Module, dataset: Any, cfg: EvalConfig, layer: nn.Module | N
     opts = {} if cfg.gradcam_variant is None else {"variant": cfg.gradcam_variant}
     opts.update(cfg.method_options or {})
     recorded = dict(cfg.record or {})
+    split = getattr(_unwrap(dataset), "split", None)
+    if split is not None:  # the split actually read (the CLI's --split may be None)
+        recorded["split"] = str(split)
     recorded.update(methods=list(methods), metrics=list(metrics), tolerance=cfg.tolerance,
                     spg_samples=cfg.spg_samples, seed=cfg.seed, method_options=_jsonable(opts))
     return _Run(
@@ -252,9 +274,10 @@ def _results(total: Evaluation, run: _Run, cfg: EvalConfig, dataset: Any, reques
              resumed: int, path: Path | None, t0: float) -> dict[str, Any]:
     """The results.json layout from the merged totals."""
     skipped_images = dict(total.skipped_images)
+    _dataset_problems(total, dataset, whole=cfg.limit is None)
     no_ann = int(getattr(dataset, "skipped_no_annotations", 0) or 0)
     if no_ann and cfg.limit is None:  # COCO images without annotations never enter the dataset
-        skipped_images["no annotations"] = skipped_images.get("no annotations", 0) + no_ann
+        skipped_images["no_annotations"] = skipped_images.get("no_annotations", 0) + no_ann
     cfg_out = dict(run.header["config"])
     cfg_out.update(batch_size=cfg.batch_size, workers=cfg.workers, limit=cfg.limit,
                    world_size=run.world, per_image=None if path is None else str(path))
@@ -266,8 +289,30 @@ def _results(total: Evaluation, run: _Run, cfg: EvalConfig, dataset: Any, reques
                    "resumed": resumed, "requested": requested,
                    "seconds": round(time.perf_counter() - t0, 3)},
         "skipped_pairs": dict(sorted(total.data_skipped.items())),
+        "problems": total.problem_table(),
         "config": cfg_out,
     }
+
+
+def _dataset_problems(total: Evaluation, dataset: Any, whole: bool) -> None:
+    """Tally the problems the dataset found when it was built (COCO: annotations skipped one by
+    one, images without annotations; ``whole``: the images without annotations are counted only
+    when the whole dataset was evaluated), which no item carries."""
+    for p in getattr(dataset, "problems", None) or []:
+        if isinstance(p, P.Problem):
+            total.note_problem(p)
+    no_ann = int(getattr(dataset, "skipped_no_annotations", 0) or 0)
+    ann_file = getattr(dataset, "annotation_file", None)
+    if no_ann and whole and ann_file is not None:
+        total.note_problem(P.Problem("no_annotations", str(ann_file),
+                                   f"{no_ann} images have no annotations and are skipped"), no_ann)
+
+
+def _unwrap(dataset: Any) -> Any:
+    """The dataset under any ``torch.utils.data.Subset`` wrappers."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dataset
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from gridcam.engine.scoring import spg_seed
+from gridcam.data.identity import key_seed
 
 __all__ = ["CPU_ACTIVATION_BUDGET", "MODEL_BOUND_MACS_PER_PIXEL", "ModelProfile", "explain",
            "explained_group", "fast_max_pool", "forward_group", "group_by_shape",
@@ -259,9 +259,10 @@ def forward_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modul
     for method in methods:
         mopts = dict(opts)
         if method == "smoothgrad" and "generator" not in mopts:
-            # Noise seeded by the batch's first image: reproducible for a given batch plan.
+            # Noise seeded by the batch's first image (its key, as the SPG draws): reproducible
+            # for a given batch plan.
             g = torch.Generator(device=device)
-            g.manual_seed(spg_seed(seed + 1, int(items[0]["index"])))
+            g.manual_seed(key_seed(seed + 1, str(items[0]["key"])))
             mopts["generator"] = g
         # SmoothGrad draws its noise for the whole batch at once: split, it would draw other noise
         m = B if "generator" in mopts else micro

@@ -192,8 +192,8 @@ def print_epoch(record: Mapping[str, Any], multi_label: bool) -> None:
     print(line + ("  *best*" if record["is_best"] and record["val"] is not None else ""), file=sys.stderr)
 
 
-def print_skipped(epoch: int, count: int, names: list[str]) -> None:
-    """Name (up to 20 of) the unreadable training images an epoch skipped (0-based ``epoch``)."""
-    shown = "\n  ".join(names[:20]) + (f"\n  ... and {len(names) - 20} more" if len(names) > 20 else "")
-    print(f"gridcam: epoch {epoch + 1}: {count} unreadable training image(s) skipped:\n  {shown}",
-          file=sys.stderr)
+def print_skipped(epoch: int, count: int) -> None:
+    """One line: how many unreadable training images an epoch skipped (0-based ``epoch``); each
+    file and its cause is told once on its own line (:mod:`gridcam.problems`)."""
+    print(f"gridcam: epoch {epoch + 1}: {count} unreadable training image(s) skipped",
+          file=sys.stderr, flush=True)

@@ -29,6 +29,7 @@ from torch import nn
 
 from gridcam.engine.forward import MODEL_BOUND_MACS_PER_PIXEL, profile_model
 from gridcam.errors import GridcamError
+from gridcam.problems import Problem
 
 __all__ = ["Items", "load_batches", "materialize", "model_ahead", "plan_batches", "prefetch",
            "prestack", "thread_loader", "transformed_keys"]
@@ -72,10 +73,13 @@ def transformed_keys(dataset: Any, input_resize: int | None) -> list[Any]:
 
 
 class Items(torch.utils.data.Dataset):
-    """Wraps a localisation dataset for the evaluator's loader.
+    """Wraps a localisation dataset for the evaluator's loader (also in worker processes).
 
-    An unreadable image (the dataset returns None) becomes a small ``{"index", "unreadable"}``
-    record so the evaluator can count it and mark it done for resumption.
+    Item ``i`` comes from :func:`gridcam.data.load_item`, which reports nothing: the problems
+    travel with the items and the main process reports them (once, counted). An image the dataset
+    cannot give becomes ``{"index", "unreadable": True, "problem": Problem, "path"}`` so the
+    evaluator can count it and mark it done for resumption; a usable item gets its ``"index"``
+    (the position ``i``) and its ``"key"`` (:func:`gridcam.data.image_key`, which seeds its SPG).
     """
 
     def __init__(self, base: Any):
@@ -85,34 +89,16 @@ class Items(torch.utils.data.Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.base[i]
-        if item is None:
-            path, reason = _why_none(self.base, i)
-            return {"index": i, "unreadable": True, "path": path, "reason": reason}
+        from gridcam import data
+
+        item = data.load_item(self.base, i)
+        if isinstance(item, Problem):
+            return {"index": i, "unreadable": True, "problem": item,
+                    "path": data.image_path(self.base, i) or item.file}
         item = dict(item)
-        item.setdefault("index", i)
+        item["index"] = i  # the position in the batch plan (the base's own index under a Subset)
+        item.setdefault("key", data.image_key(self.base, i))
         return item
-
-
-def _why_none(ds: Any, i: int) -> tuple[str, str]:
-    """(path, message) for an item the dataset returned as None (its records say why, if any)."""
-    rec = None
-    records = getattr(ds, "records", None)
-    if isinstance(records, (list, tuple)) and i < len(records):
-        rec = records[i]
-    path = str(getattr(rec, "path", None) or f"#{i}")
-    if rec is None and callable(getattr(ds, "path", None)):
-        try:
-            path = str(ds.path(i))
-        except Exception:  # only used for a message
-            pass
-    for attr in ("paths", "images", "samples", "files"):
-        seq = getattr(ds, attr, None)
-        if path.startswith("#") and isinstance(seq, (list, tuple)) and i < len(seq):
-            v = seq[i]
-            path = str(v[0] if isinstance(v, (tuple, list)) else v)
-            break
-    return path, str(getattr(rec, "error", None) or "unreadable image")
 
 
 def _collate_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

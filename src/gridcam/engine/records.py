@@ -1,8 +1,9 @@
 """Per-image records of an evaluation (``--per-image FILE.jsonl``): write, resume, merge ranks.
 
 One JSON line per scored or skipped pair and one ``"done"`` line per image (with what the
-classification scores need), written batch by batch and flushed. The first line is a header with
-the settings. On restart the file is read, images of completed batches are folded into the totals
+classification scores need, and the image's data problems), written batch by batch and flushed.
+The first line is a header with the format version and the settings (the format is documented in
+the README, "Per-image records"); a file of another format version is refused, not resumed. On restart the file is read, images of completed batches are folded into the totals
 without recomputation, the file is rewritten without any partial batch, and only the remaining
 batches run. Under ``torchrun`` each rank appends to ``FILE.part<rank>``; at the end rank 0
 appends the parts to FILE and deletes them (an interrupted distributed run leaves the parts, which
@@ -23,12 +24,14 @@ from gridcam.engine import distributed as D
 from gridcam.engine.checkpoint import atomic_file
 from gridcam.engine.totals import Evaluation
 from gridcam.errors import GridcamError
+from gridcam.problems import Problem
 
 __all__ = ["HEADER_KEY", "PerImageWriter", "append_parts", "atomic_write_json", "make_header",
            "merge_parts", "part_path", "prepare_resume", "start_or_resume"]
 
 HEADER_KEY = "gridcam_per_image"
-FORMAT_VERSION = 1
+#: 2: reason codes in ``skipped``, ``file``/``where``/``problems``, SPG seeded by image key.
+FORMAT_VERSION = 2
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -87,13 +90,21 @@ def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
                 yield rec
 
 
+def _skip_problem(rec: Mapping[str, Any]) -> Problem:
+    """The Problem of a stored skip record (``skipped`` code, ``reason`` cause, ``file``, ``where``)."""
+    return Problem(rec["skipped"], str(rec.get("file", rec.get("image", ""))),
+                   str(rec.get("reason", "")), rec.get("where"))
+
+
 def _fold_record(ev: Evaluation, rec: Mapping[str, Any]) -> None:
     """Add one stored per-image record to the totals (exactly what computing it added)."""
     if rec.get("done"):
         if "skipped" in rec:
-            ev.skip_image(rec["skipped"])
+            ev.skip_image(_skip_problem(rec))
             return
         ev.images += 1
+        for p in rec.get("problems", []):
+            ev.note_problem(Problem(p["reason"], p["file"], p["cause"], p.get("where")))
         if isinstance(ev.cls, M.MultiLabelCounts):
             C = ev.cls.num_classes
             pred = torch.zeros(1, C, dtype=torch.bool)
@@ -105,7 +116,7 @@ def _fold_record(ev: Evaluation, rec: Mapping[str, Any]) -> None:
             ev.cls.add_flags(torch.tensor([rec["topk"]], dtype=torch.bool))
         return
     if "method" not in rec:  # a pair the data layer left out: counts for every method
-        ev.skip_pairs(rec["skipped"])
+        ev.skip_pairs(_skip_problem(rec))
         return
     counts = ev.loc[rec["method"]]
     if "skipped" in rec:
@@ -136,6 +147,11 @@ def prepare_resume(path: Path, header: dict[str, Any], batches: list[list[int]],
     for src in sources:
         for rec in _read_lines(src):
             if HEADER_KEY in rec:
+                if rec[HEADER_KEY] != header[HEADER_KEY]:
+                    raise GridcamError(
+                        f"{src} is a per-image file of format {rec[HEADER_KEY]!r}, written by "
+                        f"another version of gridcam (this one writes format {header[HEADER_KEY]}); "
+                        "remove it or choose another --per-image file")
                 _check_header(src, rec.get("config", {}), header["config"])
             elif rec.get("done"):
                 done.add(int(rec["index"]))

@@ -1,12 +1,14 @@
 """Scoring: heatmaps of (image, class) pairs -> pointing-game hits, SPG draws, content heatmap.
 
-Per (image, class): heatmap -> bilinear resize to the ORIGINAL image size -> skipped and counted if
-its sum is <= 0 -> PG (argmax), SPG (``spg_samples`` inverse-CDF draws, seeded per image from
-(seed, image index)), hit tests by :func:`gridcam.metrics.hit_points`; CH (mass inside the mask).
-The SPG random numbers depend only on (seed, image index), so they do not depend on batching, ranks
-or resumption. Classification counts (top-1/top-5 or multi-label P/R/F1) come from the same
-forward. Every scored or skipped pair and every image yields a per-image record
-(:mod:`gridcam.engine.records`).
+Per (image, class): heatmap -> bilinear resize to the ORIGINAL image size -> skipped and counted
+(``zero_heatmap``) if its sum is <= 0 -> PG (argmax), SPG (``spg_samples`` inverse-CDF draws,
+seeded per image from (seed, the image's identity), see :func:`spg_uniforms`), hit tests by
+:func:`gridcam.metrics.hit_points`; CH (mass inside the mask). The SPG random numbers depend only
+on (seed, image key: file name / COCO image id), so they depend neither on batching, ranks or
+resumption nor on the other files of the folder or ``--limit``. Classification counts (top-1/top-5
+or multi-label P/R/F1) come from the same forward. Every scored or skipped pair and every image
+yields a per-image record (:mod:`gridcam.engine.records`); the data layer's problems (reason codes,
+:mod:`gridcam.problems`) are reported here, in the main process, and tallied in the totals.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any, Mapping
 import torch
 
 from gridcam import metrics as M
+from gridcam import problems as P
+from gridcam.data.identity import key_seed
 from gridcam.engine.totals import Evaluation
 
-__all__ = ["Scoring", "reason_key", "score_group", "spg_seed", "spg_uniforms", "unreadable"]
+__all__ = ["Scoring", "score_group", "spg_uniforms", "unreadable"]
 
 #: Largest number of heatmap pixels (pairs x H x W) upsampled and scored at once; bounds memory
 #: (float32 + float64 copies, ~15 bytes/pixel) independently of the batch size and of T.
@@ -40,54 +44,35 @@ class Scoring:
     seed: int
 
 
-def spg_seed(seed: int, index: int) -> int:
-    """Seed of image ``index``'s SPG generator: a function of (seed, index) only, so the draws do
-    not depend on batching, ranks or resumption. (SplitMix64-style mixing of the two.)"""
-    z = (int(seed) * 0x9E3779B97F4A7C15 + int(index) + 1) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+def spg_uniforms(seed: int, key: str, classes: int, samples: int) -> torch.Tensor:
+    """(classes, samples) float64 uniforms of the image named ``key`` (row t for its t-th target
+    class), from a generator seeded with :func:`gridcam.data.key_seed` ``(seed, key)``.
 
-
-def spg_uniforms(seed: int, index: int, classes: int, samples: int) -> torch.Tensor:
-    """(classes, samples) float64 uniforms of image ``index`` (row t for its t-th target class).
-
+    ``key`` is the image's identity (:func:`gridcam.data.image_key`: the file name for ImageNet,
+    the image id for COCO), so an image's draws do not depend on its position in the dataset.
     Every method uses the same numbers (common random numbers make method comparisons less noisy).
     """
-    g = torch.Generator().manual_seed(spg_seed(seed, index))
+    g = torch.Generator().manual_seed(key_seed(seed, str(key)))
     return torch.rand((classes, samples), generator=g, dtype=torch.float64)
 
 
-#: Counting keys for the data layer's skip messages (which name files): message prefix -> key.
-_REASON_KEYS = (
-    ("no annotation", "missing annotation"),
-    ("malformed annotation", "malformed annotation"),
-    ("unreadable", "unreadable image"),
-    ("unknown wnid", "unknown wnid"),
-    ("boxes outside", "boxes outside the image"),
-    ("all boxes difficult", "all boxes difficult"),
-    ("no objects", "no objects in the annotation"),
-    ("cannot decode", "undecodable segmentation"),
-    ("segmentation size", "segmentation size mismatch"),
-    ("empty mask", "empty mask"),
-)
-
-
-def reason_key(message: str) -> str:
-    """Short category of a skip message, so counts are not split by file name."""
-    low = message.lower()
-    for prefix, key in _REASON_KEYS:
-        if low.startswith(prefix):
-            return key
-    return message
+def _problem_fields(p: P.Problem) -> dict[str, Any]:
+    """The fields a skip record gives its problem: ``skipped`` (code), ``reason`` (the cause in
+    words), ``file`` (the file at fault: the image or its annotation) and ``where`` if any."""
+    rec: dict[str, Any] = {"skipped": p.code, "reason": p.cause, "file": p.file}
+    if p.where:
+        rec["where"] = p.where
+    return rec
 
 
 def unreadable(item: Mapping[str, Any], ev: Evaluation) -> dict[str, Any]:
-    """Count an image the dataset could not give (an ``"unreadable"`` item); return its record."""
-    key = reason_key(item["reason"])
-    ev.skip_image(key)
-    return {"image": item["path"], "index": item["index"], "done": True,
-            "skipped": key, "reason": item["reason"]}
+    """Report and count an image the dataset could not give (an ``"unreadable"`` item carrying its
+    ``"problem"``); return its ``done`` record."""
+    p: P.Problem = item["problem"]
+    P.report(p)
+    ev.skip_image(p)
+    return {"image": str(item["path"]), "index": int(item["index"]), "done": True,
+            **_problem_fields(p)}
 
 
 def score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: list[int],
@@ -99,7 +84,7 @@ def score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: list
     (B,T,h',w'), logits (B,C))}`` (:func:`gridcam.engine.forward.forward_group`). Classification
     uses the first method's logits (every method sees the same images).
     """
-    uniforms = ([spg_uniforms(sc.seed, int(it["index"]), c, sc.samples)
+    uniforms = ([spg_uniforms(sc.seed, str(it["key"]), c, sc.samples)
                  for it, c in zip(items, counts)] if "spg" in sc.metrics else None)
     # Images of equal ORIGINAL size are upsampled and scored together.
     by_size: dict[tuple[int, int], list[int]] = OrderedDict()
@@ -148,7 +133,7 @@ def _score_pairs(items: list[dict[str, Any]], pairs: list[tuple[int, int]], size
             s.ch[valid] if s.ch is not None else None)
         n_bad = int((~valid).sum())
         if n_bad:
-            counts_m.skip("zero heatmap", n_bad)
+            counts_m.skip("zero_heatmap", n_bad)
         records.extend(_pair_records(items, chunk, classes, method, s, sc.samples))
     return records
 
@@ -173,15 +158,22 @@ def _classify(items: list[dict[str, Any]], logits: torch.Tensor,
             cls_recs[b]["topk"] = ok[j].tolist()
     records: list[dict[str, Any]] = []
     for b, it in enumerate(items):
-        for cls_, reason in it.get("skipped", []) or []:
-            key = reason_key(str(reason))
-            ev.skip_pairs(key)
+        for cls_, p in it.get("skipped", []) or []:
+            if p.code != "all_difficult":  # the paper's rule: counted, not told
+                P.report(p)
+            ev.skip_pairs(p)
             records.append({"image": str(it["path"]), "index": int(it["index"]),
                             "class": cls_ if cls_ is None or isinstance(cls_, str) else int(cls_),
-                            "skipped": key, "reason": str(reason)})
+                            **_problem_fields(p)})
+        found = list(it.get("problems", []) or [])
+        for p in found:  # repaired or worked around (exif_rotated, bad_segmentation, ...)
+            P.report(p)
+            ev.note_problem(p)
         ev.images += 1
-        records.append({"image": str(it["path"]), "index": int(it["index"]), "done": True,
-                        **cls_recs[b]})
+        done = {"image": str(it["path"]), "index": int(it["index"]), "done": True, **cls_recs[b]}
+        if found:
+            done["problems"] = [p.record() for p in found]
+        records.append(done)
     return records
 
 
@@ -203,7 +195,7 @@ def _pair_records(items: list[dict[str, Any]], chunk: list[tuple[int, int]], cla
         rec: dict[str, Any] = {"image": str(items[b]["path"]), "index": int(items[b]["index"]),
                                "class": int(cls[j]), "method": method}
         if not valid[j]:
-            rec["skipped"] = "zero heatmap"
+            rec["skipped"] = "zero_heatmap"
         else:
             if pg is not None:
                 rec["pg_hit"] = bool(pg[j])

@@ -1,7 +1,9 @@
 """The running totals of one evaluation: integer counts per method, merged exactly across ranks.
 
 Totals are integer counts (:mod:`gridcam.metrics`), so they merge exactly across ranks and across an
-interrupted-and-resumed run; the percentages are computed from them only at the end.
+interrupted-and-resumed run; the percentages are computed from them only at the end. The data
+problems met (:mod:`gridcam.problems`) are tallied by reason code with a few examples each, chosen
+by sort order so that they too do not depend on ranks or resumption.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from gridcam import metrics as M
+from gridcam.problems import REASONS, Problem
 
-__all__ = ["METRICS", "Evaluation", "new_totals"]
+__all__ = ["EXAMPLES", "METRICS", "Evaluation", "new_totals"]
+
+#: Examples kept per reason code in ``results.json``'s ``"problems"`` (the first by file, place).
+EXAMPLES = 3
 
 #: Short metric names (``--metrics``) -> keys in results.json.
 METRICS: dict[str, str] = OrderedDict(
@@ -24,9 +30,11 @@ class Evaluation:
     """Running totals of one evaluation (one rank, or merged).
 
     loc: method -> :class:`gridcam.metrics.LocalizationCounts`; cls: top-k or multi-label counts;
-    images: images processed (decoded and scored); skipped_images: {reason: images the dataset
-    could not give (missing annotation, unreadable file)}; data_skipped: {reason: pairs the data
-    layer left out}.
+    images: images processed (decoded and scored); skipped_images: {reason code: images the
+    dataset could not give (``xml_missing``, ``truncated``, ...)}; data_skipped: {reason code:
+    pairs the data layer left out}; problems: {reason code: {"count": n, "examples": [up to
+    :data:`EXAMPLES` ``Problem.record()`` dicts]}} for every data problem met (skipped images and
+    pairs, and the ones worked around, e.g. ``exif_rotated``).
     """
 
     loc: dict[str, M.LocalizationCounts]
@@ -34,12 +42,15 @@ class Evaluation:
     images: int = 0
     skipped_images: dict[str, int] = field(default_factory=dict)
     data_skipped: dict[str, int] = field(default_factory=dict)
+    problems: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def state(self) -> dict[str, Any]:
         return {"loc": {m: c.state() for m, c in self.loc.items()},
                 "cls": self.cls.state(), "multilabel": isinstance(self.cls, M.MultiLabelCounts),
                 "images": self.images, "skipped_images": dict(self.skipped_images),
-                "data_skipped": dict(self.data_skipped)}
+                "data_skipped": dict(self.data_skipped),
+                "problems": {k: {"count": v["count"], "examples": list(v["examples"])}
+                             for k, v in self.problems.items()}}
 
     def merge_state(self, s: Mapping[str, Any]) -> None:
         for m, cs in s["loc"].items():
@@ -51,16 +62,38 @@ class Evaluation:
             self.skipped_images[k] = self.skipped_images.get(k, 0) + v
         for k, v in s["data_skipped"].items():
             self.data_skipped[k] = self.data_skipped.get(k, 0) + v
+        for code, v in s.get("problems", {}).items():
+            self._tally(code, int(v["count"]), v["examples"])
 
-    def skip_image(self, reason: str) -> None:
-        """An image the dataset could not give (unreadable file, missing annotation)."""
-        self.skipped_images[reason] = self.skipped_images.get(reason, 0) + 1
+    def _tally(self, code: str, count: int, examples: list[dict[str, str]]) -> None:
+        entry = self.problems.setdefault(code, {"count": 0, "examples": []})
+        entry["count"] += count
+        merged = {_order(e): e for e in [*entry["examples"], *examples]}
+        entry["examples"] = [merged[k] for k in sorted(merged)][:EXAMPLES]
 
-    def skip_pairs(self, reason: str, n: int = 1) -> None:
-        """Pairs the data layer left out: counted once globally and as skipped for every method."""
-        self.data_skipped[reason] = self.data_skipped.get(reason, 0) + n
+    def note_problem(self, problem: Problem, count: int = 1) -> None:
+        """Tally a data problem (``count`` occurrences told as one) under its reason code."""
+        self._tally(problem.code, count, [problem.record()])
+
+    def skip_image(self, problem: Problem) -> None:
+        """An image the dataset could not give (unreadable file, missing annotation, ...)."""
+        self.skipped_images[problem.code] = self.skipped_images.get(problem.code, 0) + 1
+        self.note_problem(problem)
+
+    def skip_pairs(self, problem: Problem, n: int = 1) -> None:
+        """Pairs the data layer left out: counted once globally and as skipped for every method,
+        by the problem's reason code."""
+        self.data_skipped[problem.code] = self.data_skipped.get(problem.code, 0) + n
         for c in self.loc.values():
-            c.skip(reason, n)
+            c.skip(problem.code, n)
+        self.note_problem(problem, n)
+
+    def problem_table(self) -> dict[str, dict[str, Any]]:
+        """``{code: {"count", "meaning" (gridcam.problems.REASONS), "examples"}}`` sorted by code:
+        the ``"problems"`` of results.json."""
+        return {code: {"count": v["count"], "meaning": REASONS.get(code, ""),
+                       "examples": list(v["examples"])}
+                for code, v in sorted(self.problems.items())}
 
     def results(self, metrics: Sequence[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -70,6 +103,10 @@ class Evaluation:
             out[m].update(evaluated=r["evaluated"], skipped=r["skipped"],
                           skipped_reasons=r["skipped_reasons"])
         return out
+
+
+def _order(example: Mapping[str, str]) -> tuple[str, str, str]:
+    return (example.get("file", ""), example.get("where", ""), example.get("cause", ""))
 
 
 def new_totals(methods: Sequence[str], num_classes: int, samples: int,

@@ -23,7 +23,9 @@ stored in the checkpoints): the sampler's permutation (seed + epoch, as Distribu
 sample's augmentation and loader-side negatives (seeded by (seed, epoch, sample index), so they do
 not depend on the number of workers or ranks), the in-batch negatives/quadrants of each step
 (seeded by (seed, epoch, step, rank)) and the global RNGs at the start of each epoch. Hence
-``--resume`` from an end-of-epoch checkpoint continues bit-exactly on CPU.
+``--resume`` continues bit-exactly on CPU, from an end-of-epoch checkpoint or from a
+``last.pth.tar`` written in the middle of an epoch (its saved generator states are put back once
+the loader's iterator exists, so models with dropout continue exactly too).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 from gridcam.engine import checkpoint as ckpt
 from gridcam.engine import distributed as du
 from gridcam.engine.logging import EpochLog, format_val, print_epoch
-from gridcam.engine.rng import restore_rng, seed_globals
+from gridcam.engine.rng import seed_globals
 from gridcam.engine.stopping import NonFiniteLoss, StopFlag, TrainingInterrupted
 from gridcam.engine.train_config import StepInfo, TrainConfig, check_config
 from gridcam.engine.train_epoch import run_epoch
@@ -118,15 +120,15 @@ def _fit(r: Run, log: EpochLog, summary: dict[str, Any]) -> dict[str, Any]:
     try:
         for epoch in range(r.start_epoch, r.c.epochs):
             step0 = r.start_step if epoch == r.start_epoch else 0
-            if step0 == 0:
-                seed_globals(r.seed, epoch, r.info.rank)
-            else:
-                restore_rng(r.state.get("rng") if r.state else None, r.info)
+            # An epoch starts from seeded generators; a resumed one from the saved states, which
+            # run_epoch puts back once the loader's iterator exists (creating it draws a number).
+            seed_globals(r.seed, epoch, r.info.rank)
+            saved_rng = (r.state.get("rng") if r.state else None) if step0 else None
             sampler.set_epoch(epoch)
             sampler.start = step0 * r.per_rank
             items.epoch = epoch
             lr = r.optimizer.param_groups[0]["lr"]
-            stats = run_epoch(r, loader, epoch, step0, stop, gen)
+            stats = run_epoch(r, loader, epoch, step0, stop, gen, saved_rng)
             r.scheduler.step()
             metrics = _validate(r) if r.loaders.val is not None else None
             record = _end_epoch(r, epoch, lr, stats, metrics, step0, summary)

@@ -44,6 +44,9 @@ class TrainConfig:
     (ImageNet: every 30 epochs; COCO: 24 and 30), kept as they are when ``epochs`` changes.
     ``step_callback`` (not a CLI flag, not saved) is called after every optimizer step with a
     :class:`StepInfo`; the demo uses it for progress and tests use it to inject faults.
+    ``maxpool`` None: the pooling recorded in ``resume``/``pretrained``/``init``, else average;
+    True/False contradicting a recorded pooling is an error. ``cam_layer``, ``reshape``, ``mean``,
+    ``std``: as :func:`gridcam.models.build` takes them (any architecture, ``MODULE:FACTORY`` too).
     """
 
     dataset: str = "imagenet"  # "imagenet" | "coco"
@@ -56,7 +59,7 @@ class TrainConfig:
     momentum: float = 0.9
     wd: float = recipes.IMAGENET["wd"]
     lam: float = recipes.IMAGENET["lam"]
-    maxpool: bool = False
+    maxpool: bool | None = None  # None: the pooling a weights file records, else average
     resume: str | None = None
     save_dir: str = "runs/train"
     seed: int | None = None
@@ -77,6 +80,10 @@ class TrainConfig:
     train_split: str = "train2014"
     val_split: str = "val2014"
     coco_negatives: str | None = None
+    cam_layer: str | None = None  # dotted path; None: the family's default (models.build)
+    reshape: str | None = "auto"  # "auto" | "none" | "vit" | "vit:P" | "nhwc"
+    mean: str | tuple[float, ...] | None = None  # None: the model's own config, else ImageNet's
+    std: str | tuple[float, ...] | None = None
     validate: bool = True
     progress_bar: bool | None = None  # None: a tqdm bar when stderr is a terminal
     tensorboard: bool = True
@@ -144,6 +151,22 @@ def check_config(c: TrainConfig) -> None:
         raise GridcamError("give either --pretrained (same classes) or --init (classifier dropped), not both")
     if c.image_size < 32:
         raise GridcamError(f"--image-size must be >= 32, got {c.image_size}")
+    _check_device(c.device)
+
+
+def _check_device(device: str | None) -> None:
+    """``--device``/``--gpu``: a device torch knows, and a GPU that exists."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise GridcamError(f"--device {device!r} is not a device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if dev.index is not None and dev.index >= count or count == 0:
+            raise GridcamError(f"--device {device}: this machine has {count} usable CUDA GPU(s); "
+                               "use --device cpu" + (f" or cuda:0..{count - 1}" if count else ""))
 
 
 def lr_milestones(c: TrainConfig) -> list[int]:

@@ -6,7 +6,8 @@
   depend on the number of workers or ranks;
 * :class:`ResumableSampler` (training: DistributedSampler's permutation, can start mid-epoch) and
   :class:`ShardSampler` (validation: every image exactly once over the ranks);
-* :class:`NamedCollate` carries the names of unreadable images with the batch;
+* :class:`NamedCollate` carries the problems of unreadable images with the batch (from worker
+  processes too; the loop reports them in the main process, :mod:`gridcam.problems`);
 * :func:`build_loaders` puts them together into the DataLoaders of one rank.
 """
 
@@ -27,6 +28,7 @@ from gridcam.engine import distributed as du
 from gridcam.engine.rng import derive_seed
 from gridcam.engine.train_config import TrainConfig
 from gridcam.errors import GridcamError
+from gridcam.problems import Problem
 
 __all__ = [
     "Datasets",
@@ -41,12 +43,15 @@ __all__ = [
 
 
 class _Skipped:
-    """Marker for an item the dataset could not produce; ``reason`` names the file."""
+    """Marker for an item the dataset could not produce; ``problem`` says which file and why."""
 
-    __slots__ = ("reason",)
+    __slots__ = ("problem",)
 
-    def __init__(self, reason: str):
-        self.reason = reason
+    def __init__(self, problem: Problem):
+        self.problem = problem
+
+    def __reduce__(self):  # picklable across DataLoader workers (no __dict__ with __slots__)
+        return (_Skipped, (self.problem,))
 
 
 class SeededItems(Dataset):
@@ -54,9 +59,10 @@ class SeededItems(Dataset):
     negatives and quadrant) from torch's RNG seeded with ``(seed, e, i)``.
 
     That makes a sample's augmentation independent of the worker that loads it, of the number of
-    workers and of the number of ranks, so resumed and distributed runs see the same data. It
-    also records the warnings of an item that comes back ``None`` (unreadable image) so the loop
-    can report the file names; other warnings are passed on.
+    workers and of the number of ranks, so resumed and distributed runs see the same data.
+    Items come from :func:`gridcam.data.load_item`, which reports nothing: an unusable item
+    becomes a :class:`_Skipped` carrying its :class:`~gridcam.problems.Problem`, which the loop
+    reports in the main process (a worker process would print it on its own account).
     """
 
     def __init__(self, base: Dataset, seed: int):
@@ -69,31 +75,26 @@ class SeededItems(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         state = torch.get_rng_state()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.default_generator.manual_seed(derive_seed(self.seed, "item", self.epoch, index))
-            try:
-                item = self.base[index]
-            finally:
-                torch.set_rng_state(state)
-        if item is None:
-            reasons = [str(w.message) for w in caught] or [f"item {index} could not be read"]
-            return _Skipped("; ".join(dict.fromkeys(reasons)))
-        for w in caught:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        return item
+        torch.default_generator.manual_seed(derive_seed(self.seed, "item", self.epoch, index))
+        try:
+            item = data.load_item(self.base, index)
+        finally:
+            torch.set_rng_state(state)
+        # None: an item the dataset left out and told itself (GridDataset: no negatives); the
+        # collate functions count it as skipped
+        return _Skipped(item) if isinstance(item, Problem) else item
 
 
 class NamedCollate:
-    """Collate that separates :class:`_Skipped` markers (their reasons travel with the batch)
+    """Collate that separates :class:`_Skipped` markers (their Problems travel with the batch)
     and hands the rest, with ``None`` in their place, to ``data.collate_skip``/``collate_grid``."""
 
     def __init__(self, inner: Callable[[list], Any]):
         self.inner = inner
 
-    def __call__(self, batch: list) -> tuple[Any, list[str]]:
-        reasons = [b.reason for b in batch if isinstance(b, _Skipped)]
-        return self.inner([None if isinstance(b, _Skipped) else b for b in batch]), reasons
+    def __call__(self, batch: list) -> tuple[Any, list[Problem]]:
+        found = [b.problem for b in batch if isinstance(b, _Skipped)]
+        return self.inner([None if isinstance(b, _Skipped) else b for b in batch]), found
 
 
 class ResumableSampler(DistributedSampler):
@@ -153,6 +154,15 @@ def _find_dir(root: Path, *candidates: str) -> Path | None:
     return None
 
 
+def _norm(c: TrainConfig) -> dict[str, tuple[float, ...]]:
+    """The normalisation of the model's input: ``--mean``/``--std``, else the model's own config
+    (an outside model), else ImageNet's (:func:`gridcam.models.input_config`)."""
+    from gridcam import models
+
+    mean, std, _ = models.input_config(c.arch, c.mean, c.std)
+    return {"mean": mean, "std": std}
+
+
 def build_datasets(c: TrainConfig, rank0: bool) -> Datasets:
     """The training set (None with ``evaluate``) and the validation set (None when absent)."""
     root = Path(c.data)
@@ -169,12 +179,12 @@ def _imagenet_datasets(c: TrainConfig, root: Path, use_grid: bool, rank0: bool) 
     if train_dir is None:
         raise GridcamError(f"{root}: no train/ folder (ImageNet layout: DATA/train/<class>/*.JPEG); "
                            "it also defines the class order")
-    train = data.ImageFolder(train_dir, data.transforms.train_transform(c.image_size))
+    train = data.ImageFolder(train_dir, data.transforms.train_transform(c.image_size, **_norm(c)))
     classes = list(train.classes)
     val = None
     if c.validate and _find_dir(root, "val", "ILSVRC/Data/CLS-LOC/val") is not None:
         resize = int(round(c.image_size * 256 / 224))
-        val = data.imagenet_val(root, classes, data.transforms.val_transform(resize, c.image_size))
+        val = data.imagenet_val(root, classes, data.transforms.val_transform(resize, c.image_size, **_norm(c)))
     elif c.validate and rank0:
         warnings.warn(f"{root}: no val/ folder; validation is skipped and model_best.pth.tar "
                       "follows the last epoch", stacklevel=3)
@@ -184,11 +194,11 @@ def _imagenet_datasets(c: TrainConfig, root: Path, use_grid: bool, rank0: bool) 
 
 def _coco_datasets(c: TrainConfig, root: Path, use_grid: bool, rank0: bool) -> Datasets:
     ann = root / "annotations" / f"instances_{c.train_split}.json"
-    train = data.CocoDataset(root, c.train_split, data.transforms.train_transform(c.image_size))
+    train = data.CocoDataset(root, c.train_split, data.transforms.train_transform(c.image_size, **_norm(c)))
     val = None
     val_ann = root / "annotations" / f"instances_{c.val_split}.json"
     if c.validate and val_ann.is_file():
-        val = data.CocoDataset(root, c.val_split, data.transforms.coco_val_transform(c.image_size))
+        val = data.CocoDataset(root, c.val_split, data.transforms.coco_val_transform(c.image_size, **_norm(c)))
         if list(val.categories) != list(train.categories):
             raise GridcamError(f"{val_ann}: categories differ from {ann}; train and val must share them")
     elif c.validate and rank0:

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
+import weakref
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from gridcam import problems
 from gridcam.engine import checkpoint as ckpt
 from gridcam.engine import distributed as du
 from gridcam.engine.logging import Progress, print_skipped
-from gridcam.engine.rng import derive_seed
+from gridcam.engine.rng import derive_seed, restore_rng
 from gridcam.engine.steps import StepResult, gc_step
 from gridcam.engine.stopping import NonFiniteLoss, StopFlag, StopRequested, TrainingInterrupted
 from gridcam.engine.train_config import StepInfo
@@ -37,16 +41,24 @@ Batch = tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]
 
 
 def run_epoch(r: Run, loader: DataLoader, epoch: int, step0: int, stop: StopFlag,
-              gen: torch.Generator) -> dict[str, Any]:
+              gen: torch.Generator, rng: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train ``r`` for the rest of ``epoch`` (0-based), from step ``step0``; returns the epoch's
     training stats (summed over ranks). Raises TrainingInterrupted (after writing
-    ``last.pth.tar``) when ``stop`` was raised, NonFiniteLoss when the loss is not finite."""
+    ``last.pth.tar``) when ``stop`` was raised, NonFiniteLoss when the loss is not finite.
+
+    ``rng``: the generator states a mid-epoch checkpoint saved (:func:`gridcam.engine.rng.gather_rng`),
+    put back once the loader's iterator exists: creating it draws the workers' base seed from
+    the global torch generator, a draw the interrupted run made at the start of the epoch, before
+    its states were saved (restoring first would shift every later dropout mask by one draw)."""
     c, info, device = r.c, r.info, r.info.device
     r.model.train()
     if c.freeze_bn:
         _set_bn_eval(r.model)
     steps = len(loader) + step0
-    progress = Progress(loader, total=steps, desc=f"epoch {epoch + 1}/{c.epochs}",
+    batches = iter(loader)
+    if rng is not None:
+        restore_rng(rng, info)
+    progress = Progress(batches, total=steps, desc=f"epoch {epoch + 1}/{c.epochs}",
                         enabled=info.is_main, print_freq=c.print_freq, bar=c.progress_bar,
                         initial=step0)
     # device-side running sums: loss*B, cls*B, gc*n_gc, n_gc, samples, top-1 correct
@@ -59,16 +71,20 @@ def run_epoch(r: Run, loader: DataLoader, epoch: int, step0: int, stop: StopFlag
         for step, (batch, reasons) in enumerate(progress, start=step0):
             skipped += int(batch[-1])
             reasons_all.extend(reasons)
+            if info.is_main:  # told at once here; the other ranks' at the end of the epoch
+                for p in reasons:
+                    problems.report(p)
             tensors = _unpack(batch, r.grid_batches)
-            dummy = tensors[0].shape[0] == 0
+            dummy = tensors[0].shape[0] == 0 or _lone_image_breaks_bn(r.model, tensors[0])
             if dummy:
-                # every image of this rank's batch was unreadable. Alone: skip the step. Under
-                # DDP every rank must run the backward (gradient all-reduce): repeat the last
-                # batch with zero weight.
+                # every image of this rank's batch was unreadable, or one is left and BatchNorm
+                # cannot take it. Alone: skip the step. Under DDP every rank must run the
+                # backward (gradient all-reduce): repeat the last batch with zero weight.
                 if not info.distributed:
                     continue
                 if last_batch is None:
-                    raise GridcamError("the first batch of a rank had no readable image")
+                    raise GridcamError(f"the first batch of rank {info.rank} had no usable image "
+                                       "(unreadable, or one left where BatchNorm needs two)")
                 tensors = last_batch
             tensors = last_batch = _to_device(tensors, device, c.channels_last)
             gen.manual_seed(derive_seed(r.seed, "step", epoch, step, info.rank))
@@ -89,6 +105,47 @@ def run_epoch(r: Run, loader: DataLoader, epoch: int, step0: int, stop: StopFlag
         progress.close()
     seconds = time.perf_counter() - t0
     return _epoch_stats(r, meter, skipped, reasons_all, step + 1 - step0, seconds, epoch)
+
+
+#: model -> {input shape (3,H,W): one image of it gives a training BatchNorm one value per channel}
+_LONE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _lone_image_breaks_bn(model: nn.Module, images: Tensor) -> bool:
+    """True when ``images`` (B,3,H,W) holds ONE image and some BatchNorm layer in training mode
+    would see one value per channel (a 1x1 feature map at this size), where BatchNorm raises
+    "Expected more than 1 value per channel when training" (a batch left with one image after
+    unreadable ones were dropped). Found once per model and size by an eval-mode forward of the
+    image without gradients (no running statistics change); the first time, a warning says such
+    steps are skipped."""
+    if images.shape[0] != 1:
+        return False
+    known = _LONE.setdefault(model, {})
+    size = tuple(images.shape[1:])
+    if size not in known:
+        bns = [m for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        single: list[bool] = []
+        hooks = [m.register_forward_pre_hook(lambda _m, x: single.append(x[0][0, 0].numel() == 1))
+                 for m in bns]
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            if bns:
+                model.eval()
+                with torch.no_grad():
+                    model(images.to(next(model.parameters()).device))
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, mode in modes:
+                m.training = mode
+        known[size] = any(single)
+        if known[size]:
+            warnings.warn(f"a training batch was left with one image, and at {size[-1]}x{size[-2]} "
+                          "px the model's last BatchNorm layers see a 1x1 feature map (one value "
+                          "per channel, which BatchNorm cannot normalise): such steps are skipped",
+                          stacklevel=3)
+    return known[size]
 
 
 def _set_bn_eval(model: nn.Module) -> None:
@@ -178,13 +235,16 @@ def _running(meter: Tensor, lam: float, world_size: int, t0: float) -> dict[str,
     return shown
 
 
-def _epoch_stats(r: Run, meter: Tensor, skipped: int, reasons: list[str], steps: int, seconds: float,
-                 epoch: int) -> dict[str, Any]:
-    """The epoch's training stats summed over ranks (a collective); names skipped images on rank 0."""
+def _epoch_stats(r: Run, meter: Tensor, skipped: int, reasons: list[problems.Problem], steps: int,
+                 seconds: float, epoch: int) -> dict[str, Any]:
+    """The epoch's training stats summed over ranks (a collective). The problems of the images
+    skipped on every rank are gathered; rank 0 reports them (each file told once per run, counted
+    by reason) and prints the epoch's count; the log names them (``"skipped"``)."""
     device = r.info.device
     sums = du.all_reduce_sum(torch.cat([meter, torch.tensor([float(skipped)], dtype=torch.float64, device=device)]))
     m = sums.tolist()
-    names = [n for rank_reasons in du.all_gather_object(reasons) for n in rank_reasons]  # type: ignore[union-attr]
+    per_rank = du.all_gather_object(reasons)
+    names = [f"{p.file}: {p.cause}" for rank_found in per_rank for p in rank_found]  # type: ignore[union-attr]
     n = m[4]
     stats: dict[str, Any] = {
         "loss": m[0] / n if n else None,
@@ -200,8 +260,11 @@ def _epoch_stats(r: Run, meter: Tensor, skipped: int, reasons: list[str], steps:
     }
     if not r.multi_label:
         stats["acc1"] = 100.0 * m[5] / n if n else None
-    if r.info.is_main and names:
-        print_skipped(epoch, int(m[6]), names)
+    if r.info.is_main and int(m[6]):
+        for rank_found in per_rank[1:]:  # rank 0's were told when met
+            for p in rank_found:  # type: ignore[union-attr]
+                problems.report(p)
+        print_skipped(epoch, int(m[6]))
     return stats
 
 

@@ -10,9 +10,10 @@ schedule and AMP, and puts a resumed run's optimizer/schedule back. The result i
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from gridcam.engine.train_config import TrainConfig, make_scheduler
 from gridcam.engine.train_data import Datasets, Loaders, build_datasets, build_loaders
 from gridcam.errors import GridcamError
 
-__all__ = ["Run", "set_up"]
+__all__ = ["Run", "resolve_pooling", "set_up"]
 
 
 @dataclass
@@ -84,17 +85,29 @@ def set_up(c: TrainConfig, info: du.DistInfo) -> Run:
         torch.backends.cudnn.benchmark = True
 
     resume, state = ckpt.open_resume(c, save_dir, rank0)
-    seed = ckpt.run_seed(c, state, rank0)
+    if state is not None:
+        c = _recorded_model_options(c, state)
     ds = build_datasets(c, rank0)
+    if state is not None and ckpt.is_transfer(c, state, ds.num_classes):
+        # The paper's COCO command passes its ImageNet checkpoint as --resume: an initialisation.
+        if rank0:
+            print(f"gridcam: --resume {resume} has {ckpt.state_classes(state)} classes, this COCO run "
+                  f"{ds.num_classes}: starting epoch 1 from its weights with the classifier dropped, as "
+                  f"the paper's COCO script does (same as --init {resume})", file=sys.stderr)
+        c = replace(c, resume=None, init=resume)
+        resume, state = None, None
+    seed = ckpt.run_seed(c, state, rank0)
     loaders = build_loaders(c, ds, seed, info, per_rank)
-    model, net, layer = _build_model(c, ds, info, seed, resume, state)
+    model, net, layer, pooling = _build_model(c, ds, info, seed, resume, state)
     optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.wd)
     scheduler = make_scheduler(c, optimizer)
     autocast, scaler = amp_setup(info.device, c.amp)
     if c.amp and info.device.type != "cuda" and rank0:
         warnings.warn("--amp applies to CUDA only; training in float32", stacklevel=3)
+    record = models.info(model)
     meta = {
-        "arch": c.arch, "num_classes": ds.num_classes, "pooling": "max" if c.maxpool else "avg",
+        **(record.as_dict() if record is not None else {}),  # CAM layer, reshape, mean/std: evaluation reads them
+        "arch": c.arch, "num_classes": ds.num_classes, "pooling": pooling,
         "dataset": c.dataset, "classes": ds.classes, "category_ids": ds.category_ids,
         "seed": seed, "gridcam_version": __version__,
     }
@@ -108,16 +121,22 @@ def set_up(c: TrainConfig, info: du.DistInfo) -> Run:
 
 
 def _build_model(c: TrainConfig, ds: Datasets, info: du.DistInfo, seed: int, resume: str | None,
-                 state: dict[str, Any] | None) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """``(model, net, cam layer)``: initialised from the run seed, then the weights of
-    ``--pretrained``/``--init``/the resumed checkpoint; ``net`` wraps it in DDP under torchrun."""
+                 state: dict[str, Any] | None) -> tuple[nn.Module, nn.Module, nn.Module, str]:
+    """``(model, net, cam layer, pooling)``: initialised from the run seed, then the weights of
+    ``--pretrained``/``--init``/the resumed checkpoint; ``net`` wraps it in DDP under torchrun.
+    The pooling is :func:`resolve_pooling`'s."""
     device = info.device
+    files = [(flag, path, models.read_checkpoint(path)) for flag, path in
+             (("--pretrained", c.pretrained), ("--init", c.init)) if path]
+    recorded = [(flag, path, meta.get("pooling")) for flag, path, (_, meta) in files]
+    if state is not None:
+        recorded.append(("--resume", str(resume), state.get("pooling")))
+    pooling = resolve_pooling(c.maxpool, recorded)
     torch.manual_seed(derive_seed(seed, "init"))
-    model = models.create(c.arch, num_classes=ds.num_classes, pooling="max" if c.maxpool else "avg")
-    if c.pretrained:
-        models.load_checkpoint(model, c.pretrained)
-    if c.init:
-        models.load_checkpoint(model, c.init, drop_classifier=True)
+    model = models.build(c.arch, num_classes=ds.num_classes, pooling=pooling, cam_layer=c.cam_layer,
+                         reshape=c.reshape, mean=c.mean, std=c.std).model
+    for flag, path, (sd, _) in files:
+        models.load_state_dict(model, sd, drop_classifier=flag == "--init", source=str(path))
     if state is not None:
         # DataParallel/DDP checkpoints (the paper's) prefix keys with "module."
         clean = {".".join(p for p in k.split(".") if p != "module"): v
@@ -136,4 +155,33 @@ def _build_model(c: TrainConfig, ds: Datasets, info: du.DistInfo, seed: int, res
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=False, broadcast_buffers=not c.freeze_bn)
-    return model, net, layer
+    return model, net, layer, pooling
+
+
+def _recorded_model_options(c: TrainConfig, state: dict[str, Any]) -> TrainConfig:
+    """``c`` with the CAM layer, reshape rule and mean/std the resumed checkpoint records where
+    the flags leave them to the default, so a resumed run goes on with the same model set-up."""
+    reshape = state.get("reshape") if c.reshape == "auto" and c.cam_layer is None else None
+    return replace(c, cam_layer=c.cam_layer or state.get("cam_layer"),
+                   reshape=reshape if isinstance(reshape, str) else c.reshape,
+                   mean=c.mean if c.mean is not None else state.get("mean"),
+                   std=c.std if c.std is not None else state.get("std"))
+
+
+def resolve_pooling(maxpool: bool | None, recorded: list[tuple[str, str, Any]]) -> str:
+    """The global pooling to build: what the weights files record (``recorded``: ``(flag, path,
+    pooling or None)``) unless ``--maxpool`` says otherwise, which is then an error naming both;
+    average when nothing is recorded or asked. ``maxpool`` None: not given."""
+    asked = None if maxpool is None else ("max" if maxpool else "avg")
+    for flag, path, pooling in recorded:
+        if pooling not in ("avg", "max"):
+            continue  # not recorded (the paper's and torchvision's files)
+        if asked is None:
+            asked = pooling
+        elif pooling != asked:
+            have = "--maxpool" if asked == "max" else "average pooling (no --maxpool)"
+            raise GridcamError(f"{have} contradicts {flag} {path}, which records "
+                               f"{'max' if pooling == 'max' else 'average'} pooling; "
+                               f"{'drop --maxpool' if pooling == 'avg' else 'add --maxpool'} to use the file's")
+    return asked or "avg"
+

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from gridcam import problems
 from gridcam.engine import distributed as du
 from gridcam.engine.steps import classification_loss
 from gridcam.metrics import MultiLabelCounts, TopKCounts, topk_correct
@@ -27,7 +29,8 @@ def validate(model: nn.Module, loader: DataLoader, multi_label: bool, num_classe
 
     Single-label: ``top1``, ``top5`` (%), ``loss`` (CE). Multi-label: per-class and overall
     precision/recall/F1 (%) at logit > 0 (``gridcam.metrics.multilabel_scores``), ``loss``
-    (``80 * BCE``). Both: ``images`` and ``skipped_images`` (unreadable, left out).
+    (``80 * BCE``). Both: ``images`` and ``skipped_images`` (unreadable, left out; their
+    problems, gathered from every rank, are reported by rank 0, :mod:`gridcam.problems`).
     """
     was_training = model.training
     model.eval()
@@ -37,7 +40,9 @@ def validate(model: nn.Module, loader: DataLoader, multi_label: bool, num_classe
     fp = torch.zeros_like(tp)
     fn = torch.zeros_like(tp)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # images, loss sum, skipped
-    for (images, targets, n_skipped), _reasons in loader:
+    found = []
+    for (images, targets, n_skipped), reasons in loader:
+        found.extend(reasons)
         totals[2] += n_skipped
         if images.shape[0] == 0:
             continue
@@ -57,6 +62,10 @@ def validate(model: nn.Module, loader: DataLoader, multi_label: bool, num_classe
             fn += (~pred & truth).sum(0)
         else:
             correct += topk_correct(logits, targets, ks).sum(0)
+    gathered = du.all_gather_object(found)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        for p in (q for rank_found in gathered for q in rank_found):  # type: ignore[union-attr]
+            problems.report(p)
     packed = du.all_reduce_sum(torch.cat([totals, correct, tp, fp, fn]))
     totals, correct = packed[:3], packed[3:5]
     tp, fp, fn = packed[5:].view(3, num_classes).long().cpu()

@@ -501,7 +501,7 @@ class LocalizationCounts:
         )
 
     def skip(self, reason: str, n: int = 1) -> None:
-        """Count ``n`` pairs not scored, by reason (e.g. "zero heatmap", "all boxes difficult")."""
+        """Count ``n`` pairs not scored, by reason (reason codes, e.g. "zero_heatmap", "all_difficult")."""
         self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
 
     def merge(self, other: "LocalizationCounts") -> "LocalizationCounts":

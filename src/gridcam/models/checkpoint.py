@@ -102,8 +102,8 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     """Copy weights into ``model`` strictly; explain any mismatch.
 
     ``drop_classifier=True`` keeps the model's own (fresh) final linear layer, for transfer to a new
-    label set (ImageNet -> COCO). A mismatch raises GridcamError listing the missing, unexpected and
-    mis-shaped keys and the architecture the file seems to be.
+    label set (ImageNet -> COCO). A mismatch raises GridcamError (one line) counting the missing,
+    unexpected and mis-shaped keys, with examples, and naming the architecture the file seems to be.
     """
     target = unwrap(model)
     sd = dict(state_dict)
@@ -116,7 +116,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     sd.update({k: v for k, v in own.items() if k.endswith(_BN_COUNTER) and k not in sd})
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    shape = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    shape = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]  # model order
     if missing or unexpected or shape:
         prefix = classifier_prefix(target) + "."
         if not missing and not unexpected and all(k.startswith(prefix) for k in shape):
@@ -125,14 +125,16 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                 f"{checkpoint_num_classes(own)}; to fine-tune on a new label set, drop the "
                 "classifier (--init / drop_classifier=True)")
         guess = guess_arch(sd)
-        lines = [f"{source} does not fit {type(target).__name__}"
-                 f" ({'it looks like ' + guess if guess else 'no built-in architecture matches it'}):"]
-        for label, keys in (("missing", missing), ("unexpected", unexpected)):
-            if keys:
-                lines.append(f"  {len(keys)} {label} keys, e.g. {', '.join(keys[:5])}")
-        for k in shape[:5]:
-            lines.append(f"  {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
-        raise GridcamError("\n".join(lines))
+        parts = [f"{len(keys)} {label} keys (e.g. {', '.join(keys[:3])})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        if shape:
+            k = shape[0]
+            parts.append(f"{len(shape)} of another shape (e.g. {k}: file {tuple(sd[k].shape)} vs model "
+                         f"{tuple(own[k].shape)})")
+        raise GridcamError(  # one line, like every user error
+            f"{source} does not fit {type(target).__name__} "
+            f"({'it looks like ' + guess if guess else 'no built-in architecture matches it'}; pass the "
+            f"-a it was trained with): {'; '.join(parts)}")
     target.load_state_dict(sd, strict=True)
 
 
