@@ -14,8 +14,6 @@ parameters (the consistency loss is trained this way).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -243,9 +241,15 @@ def explain_gradcam(
     targets: Tensor,
     *,
     variant: str = "elementwise",
-    **_ignored: Any,
 ) -> tuple[Tensor, Tensor]:
-    """Grad-CAM for evaluation: one forward, one batched backward for all T targets.
+    """Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+    Gradient-based Localization", ICCV 2017) for evaluation: one forward, one batched backward
+    for all T targets.
+
+    Formula: classic ``ReLU(sum_k mean_hw(g_k) A_k)``; elementwise (the paper's code, also
+    HiResCAM: Draelos & Carin 2020, and TorchRay's "linear approximation" read at ``layer``)
+    ``ReLU(sum_k g_k A_k)``, ``A`` = ``layer``'s output, ``g = d logit_t / dA``.
+    Cost: 1 forward + 1 backward (through the head after ``layer``) per image.
 
     Args:
         model: the classifier (call ``model.eval()`` first).
@@ -253,7 +257,6 @@ def explain_gradcam(
         images: (B,3,H,W) normalised images.
         targets: (B,T) long (a (B,) tensor is treated as T=1).
         variant: ``"elementwise"`` (paper) or ``"classic"``.
-        **_ignored: options meant for other methods (the evaluator passes one option set).
 
     Returns:
         heatmaps (B,T,h,w) float32 at the CAM layer's resolution, non-negative, not normalised,
