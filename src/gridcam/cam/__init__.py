@@ -108,13 +108,13 @@ register("smoothgrad", Method(
     explain_smoothgrad,
     {"samples": f"noisy copies n ({SMOOTHGRAD_SAMPLES}, the paper's)",
      "sigma": "noise std relative to the image's range (0.15)", "generator": _GEN,
-     "chunk": "copies per forward (16)"},
+     "chunk": "images per forward, the memory budget (32)"},
     description="SmoothGrad: gradient averaged over noisy copies", cost="(n+1)F+nB, n=samples",
     relative=2.0 * SMOOTHGRAD_SAMPLES))
 register("integrated_gradients", Method(
     explain_integrated_gradients,
     {"steps": "Gauss-Legendre points n (50)", "baseline": "constant baseline image value (0.0)",
-     "chunk": "path points per forward (16)"},
+     "chunk": "images per forward, the memory budget (32)"},
     description="integrated gradients from a constant baseline", cost="(n+1)F+nB, n=steps",
     relative=100.0))
 

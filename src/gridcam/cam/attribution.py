@@ -30,7 +30,7 @@ def explain_integrated_gradients(
     *,
     steps: int = 50,
     baseline: float = 0.0,
-    chunk: int = 16,
+    chunk: int = 32,
 ) -> tuple[Tensor, Tensor]:
     """Integrated gradients (Sundararajan et al., "Axiomatic Attribution for Deep Networks", ICML 2017).
 
@@ -42,7 +42,8 @@ def explain_integrated_gradients(
         steps: quadrature points (>= 1); default 50 as Captum.
         baseline: the constant image x0 (0.0: the dataset's mean colour for normalised inputs,
             Captum's default baseline).
-        chunk: path points per forward (memory grows with chunk*B images).
+        chunk: images per forward (the memory budget): ``max(1, chunk // B)`` path points of
+            the B images go through the model at once.
     Returns:
         heatmaps (B,T,H,W) float32 >= 0, logits (B,C) of the images.
     Cost: ``steps`` forwards and backwards per image, +1 forward for the logits.
@@ -59,9 +60,10 @@ def explain_integrated_gradients(
         logits = model(x)
     total = torch.zeros((B, targets.shape[1], *x.shape[1:]), dtype=torch.float32, device=x.device)
     view = (-1, 1, *([1] * (x.dim() - 1)))
-    for start in range(0, steps, chunk):
-        a = torch.as_tensor(alphas[start:start + chunk], dtype=x.dtype, device=x.device).view(view)
-        w = torch.as_tensor(weights[start:start + chunk], dtype=torch.float32, device=x.device).view(view)
+    per = max(1, chunk // B)
+    for start in range(0, steps, per):
+        a = torch.as_tensor(alphas[start:start + per], dtype=x.dtype, device=x.device).view(view)
+        w = torch.as_tensor(weights[start:start + per], dtype=torch.float32, device=x.device).view(view)
         k = a.shape[0]
         path = (x0[None] + a * (x - x0)[None]).flatten(0, 1)  # (k*B,3,H,W)
         grads, _, _ = _input_gradients(model, path, targets.repeat(k, 1))

@@ -67,7 +67,7 @@ def explain_smoothgrad(
     samples: int = SMOOTHGRAD_SAMPLES,
     sigma: float = 0.15,
     generator: torch.Generator | None = None,
-    chunk: int = 16,
+    chunk: int = 32,
 ) -> tuple[Tensor, Tensor]:
     """SmoothGrad (Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017).
 
@@ -79,9 +79,11 @@ def explain_smoothgrad(
     Args:
         samples: number of noisy copies n (>= 1); default 50, the paper's (see SMOOTHGRAD_SAMPLES).
         sigma: noise level relative to each image's value range.
-        generator: torch.Generator for the noise (seeded evaluation). The noise of each chunk is
-            drawn as ``randn((k, B, 3, H, W))``, so a given (batch, chunk) plan is reproducible.
-        chunk: noisy copies per forward (memory grows with chunk*B images).
+        generator: torch.Generator for the noise (seeded evaluation). The noise of each forward
+            is drawn as ``randn((k, B, 3, H, W))``, ``k = max(1, chunk // B)`` copies, so a given
+            (batch, chunk) plan is reproducible.
+        chunk: images per forward (the memory budget): ``max(1, chunk // B)`` copies of the B
+            images go through the model at once.
     Returns:
         heatmaps (B,T,H,W) float32 >= 0, logits (B,C) of the clean images.
     Cost: n+1 forwards and n backwards per image (T targets in each batched backward).
@@ -96,8 +98,9 @@ def explain_smoothgrad(
     with torch.no_grad():
         logits = model(x)
     total: Tensor | None = None
-    for start in range(0, samples, chunk):
-        k = min(chunk, samples - start)
+    per = max(1, chunk // B)
+    for start in range(0, samples, per):
+        k = min(per, samples - start)
         noise = torch.randn((k, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
         batch = (x[None] + noise * scale).flatten(0, 1)  # (k*B,3,H,W)
         grads, _, _ = _input_gradients(model, batch, targets.repeat(k, 1))
