@@ -12,21 +12,10 @@ from torch import nn
 from gridcam import cam, models
 from gridcam.cam.backprop import RULES
 from gridcam.errors import GridcamError
+from test_cam import _model  # tiny_resnet with random BN statistics, in eval mode
 
 # Cheap values for options a method may declare (part B's methods included when they register).
 CHEAP = {"samples": 2, "steps": 2, "masks": 4, "chunk": 2, "batch": 2, "iterations": 2}
-
-
-def _model(num_classes: int = 5, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    m = models.create("tiny_resnet", num_classes=num_classes)  # in-place ReLUs, residual sums
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 1.5)
-                mod.bias.uniform_(-0.1, 0.3)
-    return m.eval()
 
 
 def _opts(method: str, seed: int = 0) -> dict:
