@@ -8,7 +8,7 @@ same images, same number of samples/steps (``--samples`` for SmoothGrad, ``--ste
 gradients; both default to 10 here to keep the run short, the methods' own defaults are 50), same
 memory budget (``--chunk`` images per forward in both: Captum's ``nt_samples_batch_size`` =
 chunk // B copies, ``internal_batch_size`` = chunk). Each timing is the best of
-``--repeats`` after one warm-up call on the same shapes. Methods registered later (part B's CAM
+``--repeats`` rounds in which gridcam and Captum alternate, after one warm-up call each. Methods registered later (part B's CAM
 family and perturbation methods) are timed automatically; add their Captum peer to ``PEERS``.
 
 Prints ONE JSON line: ``{"benchmark": "methods", ..., "methods": {name: {...}}}`` with, per method,
@@ -26,6 +26,7 @@ import argparse
 import copy
 import json
 import platform
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -72,14 +73,19 @@ def _captum_peer(name: str, model: nn.Module, layer: nn.Module, args: argparse.N
     return None if make is None else make()
 
 
-def _best(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up: kernels are chosen and JIT-compiled per shape once per process
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _best(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Best time of each function over ``repeats`` rounds, after one warm-up call each (kernels
+    are chosen per shape once per process). The functions alternate within each round, so a
+    change in the machine's load (shared CPUs) hits gridcam and Captum alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
 
 
 def _options(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--samples", type=int, default=10, help="SmoothGrad copies (method default: 50)")
     p.add_argument("--steps", type=int, default=10, help="integrated-gradients steps (default: 50)")
     p.add_argument("--chunk", type=int, default=32, help="images per forward (SmoothGrad, IG)")
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--methods", default="all", help="comma-separated names, or all")
     p.add_argument("--no-captum", action="store_true")
     p.add_argument("--threads", type=int, default=None)
@@ -131,13 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 sync()
             return run
 
-        t1 = _best(ours(classes[:, :1]), args.repeats)
-        tT = _best(ours(classes), args.repeats)
-        row: dict[str, Any] = {
-            "images_per_s": round(args.images / t1, 3),
-            "images_per_s_T": round(args.images / tT, 3),
-            "T_cost_ratio": round(tT / t1, 3),
-        }
+        fns = {"ours_1": ours(classes[:, :1]), "ours_T": ours(classes)}
         peer = None if args.no_captum else _captum_peer(name, model, layer, args)
         if peer is not None:
             target = classes[:, 0].tolist()
@@ -146,10 +146,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 peer(x.clone(), target=target)
                 sync()
 
-            c1 = _best(theirs, args.repeats)
-            row.update(captum_images_per_s=round(args.images / c1, 3),
-                       captum_T_s=round(c1 * args.targets, 3),
-                       speedup_vs_captum=round(c1 / t1, 3))
+            fns["captum_1"] = theirs
+        t = _best(fns, args.repeats)
+        row: dict[str, Any] = {
+            "images_per_s": round(args.images / t["ours_1"], 3),
+            "images_per_s_T": round(args.images / t["ours_T"], 3),
+            "T_cost_ratio": round(t["ours_T"] / t["ours_1"], 3),
+        }
+        if peer is not None:
+            row.update(captum_images_per_s=round(args.images / t["captum_1"], 3),
+                       captum_T_s=round(t["captum_1"] * args.targets, 3),
+                       speedup_vs_captum=round(t["captum_1"] / t["ours_1"], 3))
+        print(f"[methods] {name}: {row}", file=sys.stderr, flush=True)
         results[name] = row
     out = {
         "benchmark": "methods", "arch": args.arch, "size": args.size, "images": args.images,

@@ -22,6 +22,7 @@ import functools
 import warnings
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import GridcamError
@@ -184,6 +185,7 @@ def explain(
         layer, images, targets = None, layer, images
     if images is None or targets is None:
         raise GridcamError(f"explain({method!r}) needs images (B,3,H,W) and targets (B,) or (B,T)")
+    targets = torch.as_tensor(targets, device=images.device)
     kwargs = select_options(method, opts)
     info = METHOD_INFO.get(method)
     if layer is None and (info is None or info.uses_layer):
