@@ -236,8 +236,13 @@ def test_integrated_gradients_completeness():
 
 
 def test_methods_command(capsys):
-    from gridcam.cli import main
+    import argparse
 
-    assert main(["methods"]) == 0
+    from gridcam.cli import misc
+
+    parser = argparse.ArgumentParser()
+    misc.add_methods(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["methods"])
+    assert args.func(args) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in cam.METHODS)

@@ -42,8 +42,11 @@ def test_hit_points_coordinates_and_ambiguous_shape():
     assert M.hit_points(masks, yx, tolerance=1.0).tolist() == [[True], [False]]
     flat = (yx[..., 0] * 8 + yx[..., 1])  # the same points as flat indices (P,1)
     assert M.hit_points(masks, flat, tolerance=1.0).tolist() == [[True], [False]]
-    with pytest.raises(ValueError, match=r"\(P,2\) are ambiguous.*\(P,1,2\).*flat=True"):
+    with pytest.raises(ValueError, match=r"\(P,2\) that all look like \(y, x\).*\(P,1,2\).*flat=True"):
         M.hit_points(masks, yx[:, 0], tolerance=1.0)
+    # values that cannot be (y, x) (beyond the 8x8 mask) are flat indices: no ambiguity
+    assert M.hit_points(masks, torch.tensor([[19, 63], [63, 18]]), tolerance=1.0).tolist() == [
+        [True, False], [False, True]]
     # explicitly flat: two flat indices per mask
     two = torch.tensor([[2 * 8 + 3, 0], [63, 18]])
     assert M.hit_points(masks, two, tolerance=1.0, flat=True).tolist() == [[True, False], [False, True]]

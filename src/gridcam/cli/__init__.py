@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridcam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (demo.add_demo, train.add_train, evaluate.add_evaluate, misc.add_synth,
-                misc.add_coco_negatives, misc.add_models, misc.add_methods, misc.add_selfcheck):
+                misc.add_coco_negatives, misc.add_models, misc.add_selfcheck):
         add(sub)
     return parser
 

@@ -15,6 +15,8 @@ def add_models(sub: argparse._SubParsersAction) -> None:
 
 # --------------------------------------------------------------------------------------- methods
 def add_methods(sub: argparse._SubParsersAction) -> None:
+    # Registered in cli/__init__.py together with the README's command-table row (test_readme
+    # checks that every subcommand is documented).
     p = sub.add_parser("methods", help="list the explanation methods with their options and cost")
     p.set_defaults(func=_lazy("gridcam.cam:cli_list"))
 

@@ -158,9 +158,10 @@ def hit_points(masks: Tensor, points: Tensor, tolerance: float = 15.0, *,
     Args:
         masks: (P,H,W) bool ground-truth masks (original image resolution).
         points: (P,S) integer flat pixel indices ``y * W + x`` into each pair's mask, or (P,S,2)
-            integer ``(y, x)`` coordinates. A (P,2) tensor is ambiguous (one (y,x) point or two
-            flat indices per mask) and raises unless ``flat=True`` says it holds flat indices;
-            pass one (y,x) point per mask as (P,1,2).
+            integer ``(y, x)`` coordinates. A (P,2) tensor whose rows all fit as (y, x) (y < H,
+            x < W) is ambiguous (one (y,x) point, or two flat indices, per mask: the classic
+            mistake) and raises unless ``flat=True`` says it holds flat indices; pass one (y,x)
+            point per mask as (P,1,2).
         flat: ``True`` when ``points`` are flat indices (skips the (P,2) ambiguity check).
         tolerance: the pointing game's tolerance in pixels (strict ``<``, TorchRay's float32 rule,
             see :func:`_max_sq_distance`).
@@ -181,9 +182,11 @@ def hit_points(masks: Tensor, points: Tensor, tolerance: float = 15.0, *,
         raise ValueError(f"points must be integer pixel indices or (y, x) coordinates, got {points.dtype}")
     if masks.dim() == 3 and points.dim() == 3 and points.shape[2] == 2 and flat is not True:
         points = points[..., 0] * masks.shape[2] + points[..., 1]  # (y, x) -> flat
-    elif points.dim() == 2 and points.shape[1] == 2 and flat is None:
-        raise ValueError("points of shape (P,2) are ambiguous: pass one (y, x) point per mask as "
-                         "(P,1,2), or flat=True if they are two flat indices y*W+x per mask")
+    elif (points.dim() == 2 and points.shape[1] == 2 and flat is None and masks.dim() == 3
+          and points.numel() and bool(((points[:, 0] < masks.shape[1]) & (points[:, 1] < masks.shape[2])).all())):
+        raise ValueError("points of shape (P,2) that all look like (y, x) coordinates: pass one "
+                         "(y, x) point per mask as (P,1,2), or flat=True if they are two flat "
+                         "indices y*W+x per mask")
     if masks.dim() != 3 or points.dim() != 2 or points.shape[0] != masks.shape[0]:
         raise ValueError(f"masks must be (P,H,W) and points (P,S) flat indices or (P,S,2) (y, x); "
                          f"got {tuple(masks.shape)} and {tuple(points.shape)}")
