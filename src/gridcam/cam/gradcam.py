@@ -263,12 +263,49 @@ def explain_gradcam(
         detached; logits (B,C) detached.
     """
     targets = _as_2d_targets(targets, images)
-    with torch.inference_mode(False), torch.enable_grad(), capture(layer) as feats:
-        logits = model(_prepare_images(images))
-        if not isinstance(feats.output, torch.Tensor):
+    with torch.inference_mode(False), torch.enable_grad():
+        head = _forward_from_layer(model, layer, images)
+        if head is not None:
+            logits, feats_out = head
+        else:
+            with capture(layer) as feats:
+                logits = model(_prepare_images(images))
+            feats_out = feats.output
+        if not isinstance(feats_out, torch.Tensor):
             raise ValueError(
                 f"the CAM layer {type(layer).__name__} produced no tensor during the forward "
                 "(is it a sub-module of the model that is actually called?)"
             )
-        heat = grad_cam(logits, feats.output, targets, variant=variant, normalize=None)
+        heat = grad_cam(logits, feats_out, targets, variant=variant, normalize=None)
     return heat.detach(), logits.detach()
+
+
+def _forward_from_layer(model: nn.Module, layer: nn.Module, images: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Forward with autograd recording only the head after ``layer``: ``(logits, A)``, or None.
+
+    Grad-CAM needs ``d logits / dA`` only, so the trunk before the layer runs under ``no_grad``
+    (no saved activations, cheaper kernels); a hook swaps the layer's output for a leaf ``A`` that
+    requires grad and turns grad mode on for the rest of the forward. The same kernels give the
+    same values as a fully recorded forward. The head sees a copy of ``A``, so an in-place op
+    after the layer does not touch the leaf. None (use a recorded forward) when the layer ran
+    other than once or the logits do not depend on it.
+    """
+    leaves: list[Tensor] = []
+
+    def hook(_m: nn.Module, _inp: object, out: object) -> object:
+        if not isinstance(out, torch.Tensor):
+            return None
+        leaf = out.detach().requires_grad_(True)
+        leaves.append(leaf)
+        torch.set_grad_enabled(True)  # the head is recorded; the no_grad block's exit restores
+        return leaf.clone()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = model(images.detach())
+    finally:
+        handle.remove()
+    if len(leaves) != 1 or not logits.requires_grad:
+        return None
+    return logits, leaves[0]
