@@ -246,3 +246,16 @@ def test_methods_command(capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in cam.METHODS)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "guided_backprop", "excitation_backprop"])
+def test_vmapped_and_looped_target_backwards_agree(method, monkeypatch):
+    """T targets: T backwards (CPU) or one vmapped backward (other devices) give the same maps."""
+    from gridcam.cam import gradcam
+
+    model = _model()
+    x, targets = torch.randn(2, 3, 48, 48), torch.tensor([[1, 3, 0], [4, 4, 2]])
+    looped, _ = cam.explain(method, model, models.cam_layer(model), x, targets)
+    monkeypatch.setattr(gradcam, "_LOOP_TARGETS_ON", ())
+    vmapped, _ = cam.explain(method, model, models.cam_layer(model), x, targets)
+    torch.testing.assert_close(looped, vmapped, rtol=1e-5, atol=1e-7)

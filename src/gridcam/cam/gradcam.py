@@ -33,6 +33,9 @@ __all__ = [
 VARIANTS = ("elementwise", "classic")
 NORMALIZATIONS = ("paper", None, "max")
 
+# Devices where T targets take T backwards of one graph instead of one vmapped backward.
+_LOOP_TARGETS_ON = ("cpu",)
+
 # Added to the denominator and to the result by the paper's normalisation; exact value matters
 # for reproducing its loss numbers.
 _PAPER_EPS = 1e-8
@@ -75,8 +78,8 @@ def target_gradients(
         logits: (B,C) scores, computed from ``inputs`` (which must be in their autograd graph).
         inputs: (B,...) tensor, e.g. CAM-layer activations (B,K,h,w) or images (B,3,H,W).
         targets: (B,) long -> result (B,...); (B,T) long -> result (B,T,...). T classes per
-            sample are handled by ONE batched backward (``is_grads_batched=True``, i.e. vmap over
-            the backward pass) so a T-class evaluation costs one forward.
+            sample share ONE forward: on CPU T backwards of its graph, elsewhere one batched
+            backward (``is_grads_batched=True``, i.e. vmap over the backward pass).
         create_graph: keep the result differentiable (needed to train through Grad-CAM).
         retain_graph: keep the graph for a later backward; defaults to ``create_graph``.
 
@@ -114,6 +117,15 @@ def target_gradients(
             logits, inputs, grad_out[0], create_graph=create_graph, retain_graph=retain_graph
         )
         return grads[:, None]
+    if inputs.device.type in _LOOP_TARGETS_ON:
+        # On CPU, T backwards of the one graph beat the vmapped backward (resnet18, 224 px, 10
+        # images, T=3, 1 thread: 2.3 s vs 3.0 s; equal for 1 image); same gradients.
+        parts = [
+            torch.autograd.grad(logits, inputs, grad_out[t], create_graph=create_graph,
+                                retain_graph=True if t < T - 1 else retain_graph)[0]
+            for t in range(T)
+        ]
+        return torch.stack(parts, dim=1)
     (grads,) = torch.autograd.grad(
         logits,
         inputs,
