@@ -52,9 +52,9 @@ def explain_input_x_gradient(
     return (x.float()[:, None] * grads).abs().sum(dim=2), logits
 
 
-#: SmoothGrad's default number of noisy copies: the paper's (Smilkov et al. 2017, Sec. 4: "the
-#: estimated gradient becomes smoother as the sample size n increases ... diminishing returns
-#: above n = 50"). It costs 50 forward+backward passes per image; pass ``samples`` for less.
+#: SmoothGrad's default number of noisy copies: the paper's (Smilkov et al. 2017 found the map
+#: smoother as n grows and little visible change above n = 50). It costs 50 forward+backward
+#: passes per image; pass ``samples`` for fewer.
 SMOOTHGRAD_SAMPLES = 50
 
 
