@@ -1,4 +1,4 @@
-"""``gridcam models``, ``gridcam selfcheck``, ``gridcam synth`` and ``gridcam coco-negatives``: small commands."""
+"""``gridcam models``, ``gridcam methods``, ``gridcam selfcheck``, ``gridcam synth`` and ``gridcam coco-negatives``: small commands."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ from pathlib import Path
 def add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the built-in architectures")
     p.set_defaults(func=list_models)
+
+
+# --------------------------------------------------------------------------------------- methods
+def add_methods(sub: argparse._SubParsersAction) -> None:
+    # Registered in cli/__init__.py together with the README's command-table row (test_readme
+    # checks that every subcommand is documented).
+    p = sub.add_parser("methods", help="list the explanation methods with their options and cost")
+    p.set_defaults(func=_lazy("gridcam.cam:cli_list"))
 
 
 # ------------------------------------------------------------------------------------ selfcheck
