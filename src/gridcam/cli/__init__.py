@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from gridcam.cli import demo, evaluate, misc, train
+from gridcam.cli import demo, evaluate, misc, study, train
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gridcam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (demo.add_demo, train.add_train, evaluate.add_evaluate, misc.add_synth,
-                misc.add_coco_negatives, misc.add_models, misc.add_selfcheck):
+                misc.add_coco_negatives, misc.add_models, misc.add_selfcheck, study.add_study):
         add(sub)
     return parser
 
