@@ -56,9 +56,18 @@ def test_warmup_rates() -> None:
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=w.start_lr())
     seen = [opt.param_groups[0]["lr"]]
     for step in range(5):
-        w(SimpleNamespace(epoch=0, step=step, steps_per_epoch=10, optimizer=opt))
+        w(SimpleNamespace(epoch=0, step=step, steps_per_epoch=10, optimizer=opt, loss=2.0))
         seen.append(opt.param_groups[0]["lr"])
     assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+
+
+def test_first_epoch_explosion_warns_once(capsys) -> None:
+    w = study._Warmup(0, 0.1)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    for epoch, step, loss in [(0, 0, 2.0), (0, 1, 3.9), (0, 2, 4.5), (0, 3, 9.0), (1, 0, 20.0)]:
+        w(SimpleNamespace(epoch=epoch, step=step, steps_per_epoch=4, optimizer=opt, loss=loss))
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and "exploded in the first epoch (2.00 -> 4.50 at step 3)" in out[0]
 
 
 # ------------------------------------------------------------------------ the study engine

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["t_quantile", "mean_ci", "paired", "summarize", "markdown"]
+__all__ = ["t_quantile", "mean_ci", "paired", "summarize", "markdown", "cell"]
 
 # two-sided 95 % Student t quantiles t_{0.975, df}, df = 1..30
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -68,7 +68,8 @@ def summarize(values: Mapping[str, Mapping[str, Mapping[int, float]]],
     return {"rows": rows, "diffs": diffs}
 
 
-def _cell(stat: Mapping[str, Any] | None, signed: bool = False) -> str:
+def cell(stat: Mapping[str, Any] | None, signed: bool = False) -> str:
+    """``mean`` or ``mean ± half`` with two decimals (signed for differences); "–" when empty."""
     if not stat or stat.get("mean") is None:
         return "–"
     text = f"{stat['mean']:+.2f}" if signed else f"{stat['mean']:.2f}"
@@ -83,7 +84,7 @@ def markdown(summary: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> 
     head = "| Model | " + " | ".join(h for _, h in columns) + " |"
     lines = [head, "| --- |" + " :---: |" * len(columns)]
     for row, ms in summary["rows"].items():
-        lines.append(f"| {row} | " + " | ".join(_cell(ms.get(k)) for k, _ in columns) + " |")
+        lines.append(f"| {row} | " + " | ".join(cell(ms.get(k)) for k, _ in columns) + " |")
     for name, ms in summary["diffs"].items():
-        lines.append(f"| *{name}* | " + " | ".join(_cell(ms.get(k), signed=True) for k, _ in columns) + " |")
+        lines.append(f"| *{name}* | " + " | ".join(cell(ms.get(k), signed=True) for k, _ in columns) + " |")
     return "\n".join(lines) + "\n"
