@@ -242,3 +242,12 @@ def test_quick_preset_matches_the_readme_table(tmp_path) -> None:
     for row, cols in expected.items():
         for col, value in cols.items():
             assert abs(got[row][col] - value) <= 2.0, f"{row} {col}: README {value}, measured {got[row][col]}"
+
+
+def test_a_run_folder_of_another_recipe_is_refused(tmp_path) -> None:
+    from gridcam.errors import GridcamError
+
+    study._stamp(tmp_path / "r", {"lam": 10.0})
+    study._stamp(tmp_path / "r", {"lam": 10.0})  # the same recipe: fine (a resume)
+    with pytest.raises(GridcamError, match="different recipe"):
+        study._stamp(tmp_path / "r", {"lam": 3.0})

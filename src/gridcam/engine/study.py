@@ -115,11 +115,19 @@ class StudyConfig:
         return d
 
 
+_SYNTH_CPU = dict(arch="tiny_resnet", classes=6, train_per_class=60, lookalikes=False, distractors=1,
+                  train_image_size=160, val_image_size=448, image_size=128, eval_resize=256,
+                  batch_size=16, pretrain_epochs=8, pretrain_lr=0.05, warmup_steps=20, epochs=2,
+                  lr=0.01, lam=10.0, gmp_lr_scale=0.1)
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(seeds=1, epochs=12, classes=8, train_per_class=60, val_per_class=8),
-    "cpu": dict(seeds=3, epochs=12, classes=8, train_per_class=60, val_per_class=12),
-    "gpu": dict(seeds=3, arch="resnet18", epochs=90, lr=0.1, lam=25.0, batch_size=256,
-                image_size=224, eval_resize=448, warmup_steps=0, workers=8),
+    # cpu = quick over 3 seeds (same data and recipe: a cpu study in the quick one's folder reuses
+    # its seed 0)
+    "quick": dict(_SYNTH_CPU, seeds=1, val_per_class=10),
+    "cpu": dict(_SYNTH_CPU, seeds=3, val_per_class=10),
+    "gpu": dict(seeds=3, arch="resnet18", epochs=90, lr=0.1, lam=25.0, batch_size=256, image_size=224,
+                eval_resize=448, pretrain_epochs=0, warmup_steps=0, gmp_lr_scale=1.0, workers=8,
+                train_image_size=256, val_image_size=448, classes=100, train_per_class=260,
+                val_per_class=50, distractors=1),
 }
 
 
@@ -184,6 +192,25 @@ class Stage:
     pretrained: Path | None = None
 
 
+def _stamp(save_dir: Path, what: dict[str, Any]) -> None:
+    """Record what ``save_dir`` trains; refuse a folder that holds a run of another recipe (its
+    checkpoints would otherwise be reused as if they were this one's)."""
+    path = save_dir / "study_stage.json"
+    what = json.loads(json.dumps(what))
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old is not None and old != what:
+            raise GridcamError(f"{save_dir}: holds a run of a different recipe (see {path.name}); "
+                               "use a new --out or delete that folder")
+        if old == what:
+            return
+    save_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(what, indent=1))
+
+
 def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir: Path) -> Path:
     """Train (or resume, or reuse) one stage for one seed; return its last checkpoint.
 
@@ -193,6 +220,9 @@ def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir
     from gridcam.engine.checkpoint import checkpoint_name
 
     last = save_dir / checkpoint_name(stage.epochs)
+    _stamp(save_dir, {"recipe": c.recipe(), "seed": seed, "lam": stage.lam, "gmp": stage.gmp,
+                      "epochs": stage.epochs, "lr": stage.lr, "warmup_steps": stage.warmup_steps,
+                      "pretrained": str(stage.pretrained) if stage.pretrained else None})
     if last.is_file():
         return last
     resume = "auto" if any(save_dir.glob("*.pth.tar")) else None
@@ -358,8 +388,15 @@ def load(out: str | Path) -> dict[str, Any]:
 
 def describe(c: StudyConfig) -> str:
     """One line naming the recipe (printed before a study and stored in the report)."""
-    size = f"{c.train_image_size}/{c.val_image_size} px" if not c.data else c.data
+    data = c.data or (f"synthetic: {c.classes} classes, {c.train_per_class} train images/class at "
+                      f"{c.train_image_size} px, {c.val_per_class} val/class at {c.val_image_size} px, "
+                      f"{c.distractors} distractor(s){', lookalike classes' if c.lookalikes else ''}")
     maps = math.ceil(c.image_size / 32)
-    return (f"{c.arch}, {c.epochs} epochs cosine lr {c.lr:g} (warm-up {c.warmup_steps} steps), "
-            f"lambda {c.lam:g}, {c.image_size} px crops ({maps}x{maps} Grad-CAM maps), "
-            f"evaluation at {c.eval_resize} px; data {size}, {c.seeds} seed(s)")
+    if c.pretrain_epochs:
+        sched = (f"shared pre-training {c.pretrain_epochs} epochs (cosine from lr {c.pretrain_lr:g}, "
+                 f"{c.warmup_steps} warm-up steps), then {c.epochs} epochs per row from lr {c.lr:g}")
+    else:
+        sched = f"{c.epochs} epochs per row, cosine from lr {c.lr:g} ({c.warmup_steps} warm-up steps)"
+    gmp = f", GMP rows at {c.gmp_lr_scale:g}x the lr" if c.gmp_lr_scale != 1 else ""
+    return (f"{c.arch}, batch {c.batch_size}; {sched}{gmp}; lambda {c.lam:g}; {c.image_size} px crops "
+            f"({maps}x{maps} Grad-CAM maps), evaluation at {c.eval_resize} px; {data}; {c.seeds} seed(s)")
