@@ -11,11 +11,12 @@ Layout of ``OUT`` (everything is reused when complete, so a rerun resumes):
 ``data/`` (synthetic, unless ``--data``), ``runs/<row>/seed<k>/`` (checkpoints, ``eval.json``),
 ``study.json`` and ``study.md``.
 
-Presets (see :data:`PRESETS`): ``quick`` (the demo: one seed, minutes on 2 CPU cores), ``cpu``
-(3 seeds, ~30 min on 2 cores), ``gpu`` (the paper's recipe on a real ImageNet root, 224 px crops,
-7x7 maps, evaluation at 448 px). The synthetic presets train at 128 px (4x4 Grad-CAM maps) and
-evaluate at 256 px, twice the training size as the paper's 224 -> 448; 224 px crops cost ~3x more
-and do not fit 2 CPU cores in 30 minutes.
+Presets (see :data:`PRESETS`): ``quick`` (the demo: one seed, ~6 minutes on 2 busy CPU cores),
+``cpu`` (3 seeds, longer pre-training), ``gpu`` (the paper's recipe: ResNet18 from scratch, 224 px
+crops, 7x7 maps, evaluation at 448 px; meant for ``--data`` on ImageNet). The synthetic presets
+train at 128 px (4x4 Grad-CAM maps) and evaluate at 256 px, twice the training size as the paper's
+224 -> 448: 224 px crops cost ~3x more and do not fit 2 CPU cores. They pre-train one start per
+pooling and seed with plain cross-entropy, then train every row from it for the same epochs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ import torch
 from gridcam.engine import study_stats
 from gridcam.errors import GridcamError
 
-__all__ = ["ROWS", "PRESETS", "StudyConfig", "Row", "run_study", "train_row", "evaluate_row",
-           "table", "METRICS"]
+__all__ = ["ROWS", "PRESETS", "StudyConfig", "Row", "Stage", "config_for", "run_study", "train_row",
+           "row_checkpoint", "evaluate_row", "table", "load", "describe", "METRICS"]
 
 METHODS = ("gradcam", "gradient", "input_x_gradient")
 METRICS = (("top1", "Top-1"), ("pg", "PG"), ("spg", "SPG"), ("ch", "CH"))
@@ -104,7 +105,6 @@ class StudyConfig:
     rows: tuple[str, ...] = tuple(r.slug for r in ROWS)
     device: str | None = None
     progress: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self) -> dict[str, Any]:
         """The fields a finished run or evaluation must match to be reused."""
@@ -120,10 +120,8 @@ _SYNTH_CPU = dict(arch="tiny_resnet", classes=6, train_per_class=60, lookalikes=
                   batch_size=16, pretrain_epochs=8, pretrain_lr=0.05, warmup_steps=20, epochs=2,
                   lr=0.01, lam=10.0, gmp_lr_scale=0.1)
 PRESETS: dict[str, dict[str, Any]] = {
-    # cpu = quick over 3 seeds (same data and recipe: a cpu study in the quick one's folder reuses
-    # its seed 0)
     "quick": dict(_SYNTH_CPU, seeds=1, val_per_class=10),
-    "cpu": dict(_SYNTH_CPU, seeds=3, val_per_class=10),
+    "cpu": dict(_SYNTH_CPU, seeds=3, val_per_class=10, pretrain_epochs=20, epochs=3),
     "gpu": dict(seeds=3, arch="resnet18", epochs=90, lr=0.1, lam=25.0, batch_size=256, image_size=224,
                 eval_resize=448, pretrain_epochs=0, warmup_steps=0, gmp_lr_scale=1.0, workers=8,
                 train_image_size=256, val_image_size=448, classes=100, train_per_class=260,
