@@ -118,7 +118,7 @@ class StudyConfig:
 _SYNTH_CPU = dict(arch="tiny_resnet", classes=6, train_per_class=60, lookalikes=False, distractors=1,
                   train_image_size=160, val_image_size=448, image_size=128, eval_resize=256,
                   batch_size=16, pretrain_epochs=8, pretrain_lr=0.05, warmup_steps=20, epochs=2,
-                  lr=0.01, lam=10.0, gmp_lr_scale=0.1)
+                  lr=0.01, lam=25.0, gmp_lr_scale=0.1)
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(_SYNTH_CPU, seeds=1, val_per_class=10),
     "cpu": dict(_SYNTH_CPU, seeds=3, val_per_class=10, pretrain_epochs=20, epochs=3),
