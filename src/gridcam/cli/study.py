@@ -12,14 +12,15 @@ def add_study(sub: argparse._SubParsersAction) -> None:
         "study", help="train + score Baseline, Ours: GC, GMP, Ours: GMP + GC over seeds; paper-layout table",
         description="Trains the paper's four ImageNet rows with the same data, schedule and seeds, scores "
                     "every model with PG/SPG/CH for several explanation methods, and writes OUT/study.json "
-                    "and OUT/study.md (mean ± 95%% t-interval, paired differences). Resumable.")
+                    "and OUT/study.md (mean ± 95% t-interval, paired differences). Resumable.")
     p.add_argument("--preset", choices=("quick", "cpu", "gpu"), default="quick",
                    help="quick: 1 seed, minutes on 2 CPU cores (the demo); cpu: 3 seeds; gpu: the paper's "
                         "recipe on a real ImageNet root (with --data)")
     p.add_argument("--data", default=None, help="an ImageNet-style root (default: synthetic data in OUT/data)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default: the preset's)")
     p.add_argument("--arch", default=None, help="architecture (default: the preset's)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of each row (after the shared pre-training of the cpu presets)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--lambda", dest="lam", type=float, default=None, help="GC weight of the GC rows")
     p.add_argument("--rows", default=None,
