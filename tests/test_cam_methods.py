@@ -143,9 +143,14 @@ def test_describe_methods_lists_every_method_with_cost(capsys):
     assert {r["name"] for r in rows} == set(cam.METHODS)
     assert all(r["description"] and r["cost"] for r in rows)
     assert [r["relative"] for r in rows] == sorted(r["relative"] for r in rows)
-    cam.cli_list()
+    from gridcam.cli import main as cli_main
+
+    assert cli_main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "integrated_gradients" in out and "samples" in out
+    # every registered method has a line, the CAM family and the perturbation methods included
+    listed = {line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith(" ")}
+    assert listed == set(cam.METHODS) and {"rise", "scorecam", "gradcampp"} <= listed
 
 
 # ------------------------------------------------------------------- excitation backprop by hand

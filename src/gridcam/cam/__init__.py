@@ -43,6 +43,8 @@ from .backprop import (
     explain_excitation_backprop,
     explain_guided_backprop,
 )
+from . import cams as _cams
+from . import perturbation as _perturbation
 from .hooks import Captured, capture
 from .registry import METHOD_INFO, METHODS, ExplainFn, Method, register, select_options
 from .saliency import (
@@ -120,6 +122,27 @@ register("integrated_gradients", Method(
     relative=100.0))
 
 
+#: Rough cost of part of the CAM family and the perturbation methods relative to Grad-CAM (one
+#: target, default options, resnet18 at 224 px on CPU: ``benchmarks/cam_family.py``).
+_RELATIVE = {"gradcampp": 1.0, "xgradcam": 1.0, "layercam": 1.0, "eigencam": 0.6, "ablationcam": 4.0,
+             "scorecam": 600.0, "occlusion": 450.0, "rise": 800.0, "extremal_perturbation": 950.0}
+
+
+def _register_table(table: dict[str, tuple[Any, dict[str, Any], str, str, bool]]) -> None:
+    """Register the methods of a module's ``METHODS`` table ``name -> (fn, {option: default},
+    description, cost, uses_layer)`` (the CAM family and the perturbation methods)."""
+    for name, (fn, defaults, description, cost, uses_layer) in table.items():
+        if name in METHOD_INFO:  # hirescam: already the elementwise Grad-CAM above
+            continue
+        register(name, Method(fn, {k: f"default {v!r}" for k, v in defaults.items()},
+                              uses_layer=uses_layer, description=description, cost=cost,
+                              relative=_RELATIVE.get(name, 1.0)))
+
+
+_register_table(_cams.METHODS)
+_register_table(_perturbation.METHODS)
+
+
 def list_methods() -> list[str]:
     """Names accepted by :func:`explain`, sorted."""
     return sorted(METHODS)
@@ -131,18 +154,6 @@ def describe_methods() -> list[dict[str, Any]]:
              "options": dict(m.options), "uses_layer": m.uses_layer}
             for n, m in METHOD_INFO.items()]
     return sorted(rows, key=lambda r: (r["relative"], r["name"]))
-
-
-def cli_list(args: Any = None) -> int:
-    """``gridcam methods``: print name, relative cost, cost per image and description."""
-    rows = describe_methods()
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'method':<{width}}  {'rel.':>5}  {'cost/image':<28}  description")
-    for r in rows:
-        print(f"{r['name']:<{width}}  {r['relative']:>5g}  {r['cost']:<28}  {r['description']}")
-        if r["options"]:
-            print(" " * (width + 2) + "options: " + "; ".join(f"{k}: {v}" for k, v in r["options"].items()))
-    return 0
 
 
 def explain(
