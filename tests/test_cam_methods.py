@@ -15,7 +15,8 @@ from gridcam.errors import GridcamError
 from test_cam import _model  # tiny_resnet with random BN statistics, in eval mode
 
 # Cheap values for options a method may declare (part B's methods included when they register).
-CHEAP = {"samples": 2, "steps": 2, "masks": 4, "chunk": 2, "batch": 2, "iterations": 2}
+CHEAP = {"samples": 2, "steps": 2, "num_masks": 4, "chunk": 2, "batch": 2, "iterations": 2,
+         "method_batch": 8}
 
 
 def _opts(method: str, seed: int = 0) -> dict:

@@ -82,7 +82,7 @@ def _fake_engine(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         path.write_text(json.dumps([stage.lam, stage.gmp]))
         return path
 
-    def fake_eval(c, ckpt, root, seed):
+    def fake_eval(c, ckpt, root, seed, run_dir=None):
         lam, gmp = json.loads(Path(ckpt).read_text())
         calls.append(("eval", lam, gmp, seed))
         bump = (2.0 if lam else 0.0) + seed

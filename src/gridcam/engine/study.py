@@ -252,19 +252,33 @@ def row_checkpoint(c: StudyConfig, row: Row, seed: int, data_root: Path, out: Pa
     return train_row(c, Stage(lam, row.gmp, c.epochs, c.lr * scale, 0, start), seed, data_root, run_dir)
 
 
-def evaluate_row(c: StudyConfig, checkpoint: Path, data_root: Path, seed: int) -> dict[str, Any]:
+def evaluate_row(c: StudyConfig, checkpoint: Path, data_root: Path, seed: int,
+                 run_dir: Path | None = None) -> dict[str, Any]:
     """Score one checkpoint with every metric and method in one pass.
 
-    The ONE call into ``gridcam.engine.evaluate`` (adjust here if its API changes).
+    The ONE call into ``gridcam.engine.evaluate``. With ``run_dir``, the full ``results.json`` and
+    the per-image records (``per_image.jsonl``) are written there too, so ``gridcam report`` can
+    compare the rows image by image.
     """
     from gridcam import data, models
     from gridcam.data.transforms import eval_transform
-    from gridcam.engine.evaluate import evaluate
+    from gridcam.engine.evaluate import EvalConfig, evaluate
 
     model, _ = models.create_from_checkpoint(checkpoint)
-    ds = data.ImageNetValLoc(data_root, transform=eval_transform(c.eval_resize))
-    return evaluate(model.eval(), ds, methods=c.methods, seed=seed, workers=c.workers,
-                    input_resize=c.eval_resize, progress=c.progress, device=c.device)
+    info = models.info(model)
+    norm = {"mean": info.mean, "std": info.std} if info is not None else {}
+    ds = data.ImageNetValLoc(data_root, transform=eval_transform(c.eval_resize, **norm))
+    files = {}
+    if run_dir is not None:
+        per_image = run_dir / "per_image.jsonl"
+        per_image.unlink(missing_ok=True)  # a fresh pass: an earlier partial one is of another model
+        files = {"output": str(run_dir / "results.json"), "per_image": str(per_image)}
+    config = EvalConfig(methods=list(c.methods), seed=seed, workers=c.workers,
+                        input_resize=c.eval_resize, progress=bool(c.progress), **files,
+                        record={"dataset": "imagenet", "root": str(Path(data_root).resolve()),
+                                "checkpoint": str(Path(checkpoint).resolve()),
+                                "input_resize": c.eval_resize})
+    return evaluate(model.eval(), ds, config, device=c.device)
 
 
 # ---------------------------------------------------------------------------------- the study
@@ -313,7 +327,7 @@ def run_one(c: StudyConfig, row: Row, seed: int, root: Path, out: Path) -> dict[
     t0 = time.perf_counter()
     ckpt = row_checkpoint(c, row, seed, root, out)
     t1 = time.perf_counter()
-    res = evaluate_row(c, ckpt, root, seed)
+    res = evaluate_row(c, ckpt, root, seed, run_dir)
     rec = {"row": row.name, "seed": seed, "recipe": c.recipe(), "numbers": _numbers(res, c.methods),
            "seconds": {"train": round(t1 - t0, 1), "evaluate": round(time.perf_counter() - t1, 1)}}
     from gridcam.engine.evaluate import atomic_write_json
