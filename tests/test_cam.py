@@ -286,8 +286,12 @@ def test_upsample_shapes_and_values():
 
 
 def test_registry_lists_the_methods():
-    assert cam.list_methods() == ["gradcam", "gradient", "input_x_gradient", "smoothgrad"]
-    assert set(cam.METHODS) == set(cam.list_methods())
+    names = cam.list_methods()
+    for name in ("gradcam", "gradient", "input_x_gradient", "smoothgrad", "integrated_gradients",
+                 "deconvnet", "guided_backprop", "excitation_backprop",
+                 "contrastive_excitation_backprop", "linear_approx", "hirescam"):
+        assert name in names
+    assert names == sorted(cam.METHODS) and set(cam.METHOD_INFO) == set(cam.METHODS)
     with pytest.raises(GridcamError, match="unknown explanation method 'nope'.*gradcam"):
         cam.explain("nope", _model(), None, torch.zeros(1, 3, 32, 32), torch.zeros(1, 1, dtype=torch.long))
 
@@ -298,6 +302,7 @@ def test_explain_shapes_and_non_negative(method):
     layer = models.cam_layer(model)
     x = torch.randn(2, 3, 64, 48)
     targets = torch.tensor([[1, 5, 0], [2, 2, 3]])
+    # One option set for several methods: each takes the options it declares.
     opts = {"samples": 3, "generator": torch.Generator().manual_seed(0), "variant": "classic"}
     heat, logits = cam.explain(method, model, layer, x, targets, **opts)
     expected = (2, 3, 2, 2) if method == "gradcam" else (2, 3, 64, 48)
@@ -331,9 +336,9 @@ def test_explain_works_under_no_grad_with_frozen_model():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         heat, _ = cam.explain("gradcam", model, models.cam_layer(model), x, torch.tensor([[2]]))
-        grad_heat, _ = cam.explain("gradient", model, None, x, torch.tensor([2]))  # (B,) = T=1
+        grad_heat, _ = cam.explain("gradient", model, None, x, torch.tensor([2]))  # (B,): (B,H,W)
     assert heat.shape == (1, 1, 2, 2) and heat.sum() > 0
-    assert grad_heat.shape == (1, 1, 64, 64) and grad_heat.sum() > 0
+    assert grad_heat.shape == (1, 64, 64) and grad_heat.sum() > 0
 
 
 def _input_grad(model, x, cls):
@@ -371,10 +376,10 @@ def test_smoothgrad_matches_hand_computation_and_is_seeded():
     noisy = x[None] + noise * sigma.view(1, 2, 1, 1, 1)
     for b in range(2):
         for t in range(2):
-            maps = [
-                _input_grad(model, noisy[i, b : b + 1], int(targets[b, t]))[0].abs().amax(0)
-                for i in range(n)
-            ]
-            torch.testing.assert_close(heat[b, t], torch.stack(maps).mean(0), rtol=1e-4, atol=1e-7)
+            grads = [_input_grad(model, noisy[i, b : b + 1], int(targets[b, t]))[0].abs()
+                     for i in range(n)]
+            # mean over the copies, then max over the colour channels (Captum's NoiseTunnel order)
+            torch.testing.assert_close(heat[b, t], torch.stack(grads).mean(0).amax(0),
+                                       rtol=1e-4, atol=1e-7)
     plain, _ = cam.explain("gradient", model, None, x, targets)
     assert not torch.allclose(heat, plain)  # the noise is really there

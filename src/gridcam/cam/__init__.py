@@ -1,7 +1,8 @@
-"""Explanations: Grad-CAM (differentiable, batched) and gradient-based saliency methods.
+"""Explanations: Grad-CAM (differentiable, batched) and the methods used to score explanations.
 
 Training uses :func:`capture` + :func:`grad_cam` (``create_graph=True``); evaluation uses
-:func:`explain` with a method name from :data:`METHODS`::
+:func:`explain` with a method name from :data:`METHODS` (``gridcam methods`` lists them with
+their cost)::
 
     from gridcam import cam, models
     model = models.create("tiny_resnet", num_classes=10).eval()
@@ -9,13 +10,19 @@ Training uses :func:`capture` + :func:`grad_cam` (``create_graph=True``); evalua
         logits = model(x)
     heat = cam.grad_cam(logits, feats.output, targets)          # (B,h,w), paper-normalised
     heat, logits = cam.explain("gradcam", model, models.cam_layer(model), x, targets[:, None])
+    heat, logits = cam.explain("integrated_gradients", model, images=x, targets=targets, steps=32)
+
+Every method is registered in :mod:`gridcam.cam.registry` as a :class:`Method` record (function,
+declared options, whether it uses the layer, description, cost); see that module to add one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import warnings
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import GridcamError
@@ -28,11 +35,34 @@ from .gradcam import (
     target_gradients,
     upsample,
 )
+from .attribution import explain_integrated_gradients
+from .backprop import (
+    backward_rules,
+    explain_contrastive_excitation_backprop,
+    explain_deconvnet,
+    explain_excitation_backprop,
+    explain_guided_backprop,
+)
+from . import cams as _cams
+from . import perturbation as _perturbation
 from .hooks import Captured, capture
-from .saliency import explain_gradient, explain_input_x_gradient, explain_smoothgrad
+from .registry import METHOD_INFO, METHODS, ExplainFn, Method, register, select_options
+from .saliency import (
+    SMOOTHGRAD_SAMPLES,
+    explain_gradient,
+    explain_input_x_gradient,
+    explain_smoothgrad,
+)
 
 __all__ = [
     "METHODS",
+    "METHOD_INFO",
+    "ExplainFn",
+    "Method",
+    "backward_rules",
+    "describe_methods",
+    "register",
+    "select_options",
     "NORMALIZATIONS",
     "VARIANTS",
     "Captured",
@@ -45,17 +75,72 @@ __all__ = [
     "upsample",
 ]
 
-ExplainFn = Callable[..., tuple[Tensor, Tensor]]
+_LAYER = "read at the output of `layer` (default: the CAM layer)"
+_GEN = "torch.Generator for the noise (None: the global one)"
 
-#: name -> ``fn(model, layer, images (B,3,H,W), targets (B,T), **opts)``
-#: returning ``(heatmaps (B,T,h',w'), logits (B,C))``.
-#: Add a method by adding an entry; the CLI lists this registry.
-METHODS: dict[str, ExplainFn] = {
-    "gradcam": explain_gradcam,
-    "gradient": explain_gradient,
-    "input_x_gradient": explain_input_x_gradient,
-    "smoothgrad": explain_smoothgrad,
-}
+register("gradcam", Method(
+    explain_gradcam, {"variant": "'elementwise' (paper, default) or 'classic'"}, uses_layer=True,
+    description="Grad-CAM: activations x gradients at the CAM layer", cost="1F+1B", relative=1.0))
+register("hirescam", Method(
+    functools.partial(explain_gradcam, variant="elementwise"), uses_layer=True,
+    description="HiResCAM = Grad-CAM 'elementwise' (the paper's variant)", cost="1F+1B"))
+register("linear_approx", Method(
+    functools.partial(explain_gradcam, variant="elementwise"), uses_layer=True,
+    description="TorchRay linear approximation: ReLU(sum_k A_k dS/dA_k) at `layer`", cost="1F+1B"))
+register("gradient", Method(
+    explain_gradient, description="|d logit / d input|, max over colour channels",
+    cost="1F+1B", relative=2.0))
+register("input_x_gradient", Method(
+    explain_input_x_gradient, description="|input x gradient|, summed over colour channels",
+    cost="1F+1B", relative=2.0))
+register("deconvnet", Method(
+    explain_deconvnet, description="DeconvNet: gradient with ReLU backward = ReLU(grad)",
+    cost="1F+1B", relative=2.0))
+register("guided_backprop", Method(
+    explain_guided_backprop, description="guided backprop: positive gradients through active ReLUs",
+    cost="1F+1B", relative=2.0))
+register("excitation_backprop", Method(
+    explain_excitation_backprop, uses_layer=True,
+    description="excitation backprop: marginal winning probability at `layer`",
+    cost="1F+1B (~2x plain backward)", relative=3.0))
+register("contrastive_excitation_backprop", Method(
+    explain_contrastive_excitation_backprop, uses_layer=True,
+    description="contrastive excitation backprop: target minus its dual at `layer`",
+    cost="1F+1B (~2x plain backward)", relative=3.0))
+register("smoothgrad", Method(
+    explain_smoothgrad,
+    {"samples": f"noisy copies n ({SMOOTHGRAD_SAMPLES}, the paper's)",
+     "sigma": "noise std relative to the image's range (0.15)", "generator": _GEN,
+     "chunk": "images per forward, the memory budget (32)"},
+    description="SmoothGrad: gradient averaged over noisy copies", cost="(n+1)F+nB, n=samples",
+    relative=2.0 * SMOOTHGRAD_SAMPLES))
+register("integrated_gradients", Method(
+    explain_integrated_gradients,
+    {"steps": "Gauss-Legendre points n (50)", "baseline": "constant baseline image value (0.0)",
+     "chunk": "images per forward, the memory budget (32)"},
+    description="integrated gradients from a constant baseline", cost="(n+1)F+nB, n=steps",
+    relative=100.0))
+
+
+#: Rough cost of part of the CAM family and the perturbation methods relative to Grad-CAM (one
+#: target, default options, resnet18 at 224 px on CPU: ``benchmarks/cam_family.py``).
+_RELATIVE = {"gradcampp": 1.0, "xgradcam": 1.0, "layercam": 1.0, "eigencam": 0.6, "ablationcam": 4.0,
+             "scorecam": 600.0, "occlusion": 450.0, "rise": 800.0, "extremal_perturbation": 950.0}
+
+
+def _register_table(table: dict[str, tuple[Any, dict[str, Any], str, str, bool]]) -> None:
+    """Register the methods of a module's ``METHODS`` table ``name -> (fn, {option: default},
+    description, cost, uses_layer)`` (the CAM family and the perturbation methods)."""
+    for name, (fn, defaults, description, cost, uses_layer) in table.items():
+        if name in METHOD_INFO:  # hirescam: already the elementwise Grad-CAM above
+            continue
+        register(name, Method(fn, {k: f"default {v!r}" for k, v in defaults.items()},
+                              uses_layer=uses_layer, description=description, cost=cost,
+                              relative=_RELATIVE.get(name, 1.0)))
+
+
+_register_table(_cams.METHODS)
+_register_table(_perturbation.METHODS)
 
 
 def list_methods() -> list[str]:
@@ -63,37 +148,76 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
+def describe_methods() -> list[dict[str, Any]]:
+    """One dict per registered method, cheapest first: name, description, cost, options, layer."""
+    rows = [{"name": n, "description": m.description, "cost": m.cost, "relative": m.relative,
+             "options": dict(m.options), "uses_layer": m.uses_layer}
+            for n, m in METHOD_INFO.items()]
+    return sorted(rows, key=lambda r: (r["relative"], r["name"]))
+
+
 def explain(
     method: str,
     model: nn.Module,
-    layer: nn.Module | None,
-    images: Tensor,
-    targets: Tensor,
+    layer: nn.Module | Tensor | None = None,
+    images: Tensor | None = None,
+    targets: Tensor | None = None,
     **opts: Any,
 ) -> tuple[Tensor, Tensor]:
     """Heatmaps of ``method`` for T target classes per image, for evaluation.
 
     Args:
-        method: a name in :data:`METHODS` (``list_methods()``).
-        model: classifier, in ``eval()`` mode.
-        layer: the CAM layer (``models.cam_layer(model)``); only ``"gradcam"`` uses it.
+        method: a name in :data:`METHODS` (``list_methods()``, ``gridcam methods``).
+        model: classifier, in ``eval()`` mode (a model in train mode gets a warning: BatchNorm
+            then mixes the images of a batch).
+        layer: the CAM layer (``models.cam_layer(model)``) for methods that read a layer
+            (``METHOD_INFO[method].uses_layer``); optional otherwise, and for built-in
+            architectures (found with ``models.cam_layer``). ``explain(method, model, images,
+            targets)`` also works.
         images: (B,3,H,W) normalised images.
-        targets: (B,T) long class indices (a (B,) tensor means T=1).
-        **opts: method options: ``variant`` ("elementwise"|"classic") for gradcam; ``samples``
-            (default 8), ``sigma`` (0.15) and ``generator`` for smoothgrad. Options a method does not
-            use are ignored, so one option set can be passed for every method.
+        targets: (B,T) long class indices, or (B,) for one class per image.
+        **opts: the method's options (``METHOD_INFO[method].options``). A misspelt option raises;
+            an option of another registered method is ignored, so one option set can be passed
+            for several methods.
 
     Returns:
-        heatmaps (B,T,h',w') float32, non-negative, NOT normalised (the evaluator resizes them to
-        the original image and normalises), detached; (h',w') is the CAM layer's size for gradcam
-        and the input's size for the others. logits (B,C) detached.
+        heatmaps (B,T,h',w') float32 (or (B,h',w') for (B,) targets), non-negative, NOT
+        normalised (the evaluator resizes them to the original image and normalises), detached;
+        (h',w') is the layer's size for layer methods and the input's size for the others.
+        logits (B,C) detached.
     Raises:
-        GridcamError: unknown method name (it comes from the command line).
+        GridcamError: unknown method name or option, or no layer for a method that needs one.
     """
-    try:
-        fn = METHODS[method]
-    except KeyError:
+    if method not in METHODS:
         raise GridcamError(
             f"unknown explanation method {method!r}; choose one of: {', '.join(list_methods())}"
+        )
+    if isinstance(layer, Tensor):  # explain(method, model, images, targets)
+        layer, images, targets = None, layer, images
+    if images is None or targets is None:
+        raise GridcamError(f"explain({method!r}) needs images (B,3,H,W) and targets (B,) or (B,T)")
+    targets = torch.as_tensor(targets, device=images.device)
+    kwargs = select_options(method, opts)
+    info = METHOD_INFO.get(method)
+    if layer is None and (info is None or info.uses_layer):
+        layer = _default_layer(method, model)
+    if model.training:
+        warnings.warn(
+            f"explain({method!r}) on a model in train mode: BatchNorm mixes the images of a batch "
+            "and Dropout is random; call model.eval() first", stacklevel=2)
+    heat, logits = METHODS[method](model, layer, images, targets, **kwargs)
+    if targets.dim() == 1:
+        heat = heat[:, 0]
+    return heat, logits
+
+
+def _default_layer(method: str, model: nn.Module) -> nn.Module:
+    from ..models import cam_layer  # lazy: models is a sibling package, not a dependency of cam
+
+    try:
+        return cam_layer(model)
+    except Exception as e:  # any failure means: the caller must say which layer
+        raise GridcamError(
+            f"explanation method {method!r} reads a layer: pass layer= (e.g. the last convolutional "
+            f"block of the model); it could not be found automatically ({e})"
         ) from None
-    return fn(model, layer, images, targets, **opts)

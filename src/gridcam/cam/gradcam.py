@@ -14,8 +14,6 @@ parameters (the consistency loss is trained this way).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,6 +32,9 @@ __all__ = [
 
 VARIANTS = ("elementwise", "classic")
 NORMALIZATIONS = ("paper", None, "max")
+
+# Devices where T targets take T backwards of one graph instead of one vmapped backward.
+_LOOP_TARGETS_ON = ("cpu",)
 
 # Added to the denominator and to the result by the paper's normalisation; exact value matters
 # for reproducing its loss numbers.
@@ -77,8 +78,8 @@ def target_gradients(
         logits: (B,C) scores, computed from ``inputs`` (which must be in their autograd graph).
         inputs: (B,...) tensor, e.g. CAM-layer activations (B,K,h,w) or images (B,3,H,W).
         targets: (B,) long -> result (B,...); (B,T) long -> result (B,T,...). T classes per
-            sample are handled by ONE batched backward (``is_grads_batched=True``, i.e. vmap over
-            the backward pass) so a T-class evaluation costs one forward.
+            sample share ONE forward: on CPU T backwards of its graph, elsewhere one batched
+            backward (``is_grads_batched=True``, i.e. vmap over the backward pass).
         create_graph: keep the result differentiable (needed to train through Grad-CAM).
         retain_graph: keep the graph for a later backward; defaults to ``create_graph``.
 
@@ -116,6 +117,15 @@ def target_gradients(
             logits, inputs, grad_out[0], create_graph=create_graph, retain_graph=retain_graph
         )
         return grads[:, None]
+    if inputs.device.type in _LOOP_TARGETS_ON:
+        # On CPU, T backwards of the one graph beat the vmapped backward (resnet18, 224 px, 10
+        # images, T=3, 1 thread: 2.3 s vs 3.0 s; equal for 1 image); same gradients.
+        parts = [
+            torch.autograd.grad(logits, inputs, grad_out[t], create_graph=create_graph,
+                                retain_graph=True if t < T - 1 else retain_graph)[0]
+            for t in range(T)
+        ]
+        return torch.stack(parts, dim=1)
     (grads,) = torch.autograd.grad(
         logits,
         inputs,
@@ -243,9 +253,15 @@ def explain_gradcam(
     targets: Tensor,
     *,
     variant: str = "elementwise",
-    **_ignored: Any,
 ) -> tuple[Tensor, Tensor]:
-    """Grad-CAM for evaluation: one forward, one batched backward for all T targets.
+    """Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+    Gradient-based Localization", ICCV 2017) for evaluation: one forward, one batched backward
+    for all T targets.
+
+    Formula: classic ``ReLU(sum_k mean_hw(g_k) A_k)``; elementwise (the paper's code, also
+    HiResCAM: Draelos & Carin 2020, and TorchRay's "linear approximation" read at ``layer``)
+    ``ReLU(sum_k g_k A_k)``, ``A`` = ``layer``'s output, ``g = d logit_t / dA``.
+    Cost: 1 forward + 1 backward (through the head after ``layer``) per image.
 
     Args:
         model: the classifier (call ``model.eval()`` first).
@@ -253,19 +269,55 @@ def explain_gradcam(
         images: (B,3,H,W) normalised images.
         targets: (B,T) long (a (B,) tensor is treated as T=1).
         variant: ``"elementwise"`` (paper) or ``"classic"``.
-        **_ignored: options meant for other methods (the evaluator passes one option set).
 
     Returns:
         heatmaps (B,T,h,w) float32 at the CAM layer's resolution, non-negative, not normalised,
         detached; logits (B,C) detached.
     """
     targets = _as_2d_targets(targets, images)
-    with torch.inference_mode(False), torch.enable_grad(), capture(layer) as feats:
-        logits = model(_prepare_images(images))
-        if not isinstance(feats.output, torch.Tensor):
+    with torch.inference_mode(False), torch.enable_grad():
+        head = _forward_from_layer(model, layer, images)
+        if head is not None:
+            logits, feats_out = head
+        else:
+            with capture(layer) as feats:
+                logits = model(_prepare_images(images))
+            feats_out = feats.output
+        if not isinstance(feats_out, torch.Tensor):
             raise ValueError(
                 f"the CAM layer {type(layer).__name__} produced no tensor during the forward "
                 "(is it a sub-module of the model that is actually called?)"
             )
-        heat = grad_cam(logits, feats.output, targets, variant=variant, normalize=None)
+        heat = grad_cam(logits, feats_out, targets, variant=variant, normalize=None)
     return heat.detach(), logits.detach()
+
+
+def _forward_from_layer(model: nn.Module, layer: nn.Module, images: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Forward with autograd recording only the head after ``layer``: ``(logits, A)``, or None.
+
+    Grad-CAM needs ``d logits / dA`` only, so the trunk before the layer runs under ``no_grad``
+    (no saved activations, cheaper kernels); a hook swaps the layer's output for a leaf ``A`` that
+    requires grad and turns grad mode on for the rest of the forward. The same kernels give the
+    same values as a fully recorded forward. The head sees a copy of ``A``, so an in-place op
+    after the layer does not touch the leaf. None (use a recorded forward) when the layer ran
+    other than once or the logits do not depend on it.
+    """
+    leaves: list[Tensor] = []
+
+    def hook(_m: nn.Module, _inp: object, out: object) -> object:
+        if not isinstance(out, torch.Tensor):
+            return None
+        leaf = out.detach().requires_grad_(True)
+        leaves.append(leaf)
+        torch.set_grad_enabled(True)  # the head is recorded; the no_grad block's exit restores
+        return leaf.clone()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = model(images.detach())
+    finally:
+        handle.remove()
+    if len(leaves) != 1 or not logits.requires_grad:
+        return None
+    return logits, leaves[0]

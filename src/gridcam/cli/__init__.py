@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from gridcam.cli import demo, evaluate, explain, layers, misc, report, train
+from gridcam.cli import demo, evaluate, explain, layers, misc, report, study, train
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -23,9 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"gridcam {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (demo.add_demo, train.add_train, evaluate.add_evaluate, misc.add_synth,
-                explain.add_explain, report.add_report, misc.add_coco_negatives, misc.add_models,
-                layers.add_layers, misc.add_selfcheck):
+    for add in (demo.add_demo, study.add_study, train.add_train, evaluate.add_evaluate,
+                explain.add_explain, report.add_report, misc.add_synth, misc.add_coco_negatives,
+                misc.add_models, misc.add_methods, layers.add_layers, misc.add_selfcheck):
         add(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""``gridcam models``, ``gridcam selfcheck``, ``gridcam synth`` and ``gridcam coco-negatives``: small commands."""
+"""``gridcam models``, ``gridcam methods``, ``gridcam selfcheck``, ``gridcam synth`` and ``gridcam coco-negatives``: small commands."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ from pathlib import Path
 def add_models(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the built-in architectures")
     p.set_defaults(func=list_models)
+
+
+# --------------------------------------------------------------------------------------- methods
+def add_methods(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("methods", help="list the explanation methods with their options and cost")
+    p.set_defaults(func=list_methods)
 
 
 # ------------------------------------------------------------------------------------ selfcheck
@@ -143,4 +149,19 @@ def coco_negatives(args: argparse.Namespace) -> int:
     print(f"{ann}: {len(index)} categories, {n_annotated} annotated images "
           f"({n_img - n_annotated} without annotations left out); index built in {t2 - t1:.2f}s "
           f"(JSON read {t1 - t0:.1f}s); wrote {out}")
+    return 0
+
+
+def list_methods(args: argparse.Namespace) -> int:
+    """``gridcam methods``: name, relative cost, cost per image, description and options, cheapest
+    first."""
+    from gridcam import cam
+
+    rows = cam.describe_methods()
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'method':<{width}}  {'rel.':>5}  {'cost/image':<28}  description")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['relative']:>5g}  {r['cost']:<28}  {r['description']}")
+        if r["options"]:
+            print(" " * (width + 2) + "options: " + "; ".join(f"{k}: {v}" for k, v in r["options"].items()))
     return 0

@@ -270,9 +270,13 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 # ------------------------------------------------------------------------- one image, ImageNet
 def render_imagenet_image(seed: int, split: str, index: int, k: int, image_size: int,
-                          spurious: float):
+                          spurious: float, distractors: int = 0, others: tuple[int, ...] = ()):
     """One ImageNet-style image of class ``k``: ``(PIL image, boxes)`` with boxes as VOC
-    ``(xmin, ymin, xmax, ymax)`` 1-based inclusive, tight around the painted object pixels."""
+    ``(xmin, ymin, xmax, ymax)`` 1-based inclusive, tight around the painted object pixels.
+
+    ``distractors``: up to that many extra, smaller objects of classes drawn from ``others``
+    (appearance ids), painted after the labelled object(s) where they fit and NOT annotated: a
+    heatmap on them misses. Without them (the default) the image is exactly as before."""
     rng = _image_rng(seed, split, index)
     aspect = [(1, 1), (4, 3), (3, 4)][int(rng.integers(0, 3))]
     if aspect[0] >= aspect[1]:
@@ -301,12 +305,24 @@ def render_imagenet_image(seed: int, split: str, index: int, k: int, image_size:
         _, (x0, y0, x1, y1), _ = _draw_object(arr, rng, k, cx, cy, frac * side / 2)
         occupied.append(box)
         boxes.append((x0 + 1, y0 + 1, x1 + 1, y1 + 1))
+    if distractors and others:
+        # a separate generator: the labelled part of the image does not change with this option
+        drng = np.random.default_rng([seed, _SPLIT_CODES[split], index, 3])
+        for _ in range(distractors):
+            frac = drng.uniform(0.18, 0.32)
+            placed = _place(drng, width, height, frac * side / 2, occupied)
+            if placed is None:
+                continue
+            cx, cy, box = placed
+            _draw_object(arr, drng, int(drng.choice(others)), cx, cy, frac * side / 2)
+            occupied.append(box)
     return Image.fromarray(arr, "RGB"), boxes
 
 
 def _imagenet_task(task):
-    seed, split, index, k, image_size, spurious, path = task
-    img, boxes = render_imagenet_image(seed, split, index, k, image_size, spurious)
+    seed, split, index, k, image_size, spurious, path, distractors, others = task
+    img, boxes = render_imagenet_image(seed, split, index, k, image_size, spurious, distractors,
+                                       tuple(others))
     img.save(path, "JPEG", quality=90)
     return img.height, img.width, boxes
 
@@ -372,7 +388,9 @@ def _check(name: str, value, minimum: int = 0):
 # ------------------------------------------------------------------------------------ ImageNet
 def make_imagenet(out: str | os.PathLike, classes: int = 10, train_per_class: int = 40,
                   val_per_class: int = 10, image_size: int = 128, spurious: float = 0.0,
-                  seed: int = 0, workers: int | None = None, val_spurious: float | None = None) -> Path:
+                  seed: int = 0, workers: int | None = None, val_spurious: float | None = None,
+                  val_image_size: int | None = None, distractors: int = 0,
+                  lookalikes: bool = False) -> Path:
     """Write an ImageNet-layout dataset and return ``Path(out)``.
 
     Layout: ``out/train/<wnid>/<wnid>_<i>.JPEG``; ``out/val/ILSVRC2012_val_%08d.JPEG`` with an
@@ -381,6 +399,20 @@ def make_imagenet(out: str | os.PathLike, classes: int = 10, train_per_class: in
     Val images are interleaved over classes (a seeded permutation), 1:1, 4:3 or 3:4 with shorter
     side ``image_size``. Calling again with the same arguments on the same folder does nothing.
     ``workers``: processes (default: serial below 2000 images, else up to 8).
+
+    Options that make localisation matter (all off by default; then the output is unchanged):
+
+    - ``val_image_size``: shorter side of the val images (default ``image_size``). ImageNet's val
+      images are ~400-500 px while training crops are 224 px: with e.g. 448 here the pointing
+      game's 15 px tolerance is as strict as on ImageNet.
+    - ``distractors``: up to that many extra, smaller, unannotated objects in every image (train
+      and val) that belong to no class but resemble the classes: the outline of one class with the
+      pattern of another (:func:`chimeras`). Only the conjunction of outline and pattern tells the
+      class, so the model must find the labelled object, and a heatmap on a distractor misses.
+    - ``lookalikes``: class ``j`` gets appearance :func:`lookalike_appearance` ``(j)`` instead of
+      ``j``: pairs of classes share an outline and neighbours share a pattern (e.g. striped circle,
+      checkered circle, checkered square, ...), so classes resemble each other and a distractor
+      shares parts with the labelled object.
     """
     _check("classes", classes, 1)
     _check("train_per_class", train_per_class)
@@ -393,6 +425,18 @@ def make_imagenet(out: str | os.PathLike, classes: int = 10, train_per_class: in
     params = dict(kind="imagenet", classes=classes, train_per_class=train_per_class,
                   val_per_class=val_per_class, image_size=image_size, spurious=float(spurious),
                   val_spurious=val_spurious, seed=int(seed))
+    _check("distractors", distractors)
+    if val_image_size is not None:
+        _check("val_image_size", val_image_size, 16)
+        params["val_image_size"] = int(val_image_size)
+    if distractors:
+        params["distractors"] = int(distractors)
+    if lookalikes:
+        params["lookalikes"] = True
+    look = [lookalike_appearance(j) if lookalikes else j for j in range(classes)]
+    if max(look) >= MAX_CLASSES:
+        raise GridcamError(f"lookalikes supports at most {MAX_CLASSES // 5} classes, got {classes}")
+    val_size = image_size if val_image_size is None else int(val_image_size)
     if _prepare_out(out, params):
         return out
     t0 = time.time()
@@ -401,12 +445,14 @@ def make_imagenet(out: str | os.PathLike, classes: int = 10, train_per_class: in
         (out / "train" / w).mkdir(parents=True, exist_ok=True)
     (out / "val").mkdir(parents=True, exist_ok=True)
     with open(out / "LOC_synset_mapping.txt", "w") as f:
-        f.writelines(f"{w} {class_name(k)}\n" for k, w in enumerate(wnids))
+        f.writelines(f"{w} {class_name(look[k])}\n" for k, w in enumerate(wnids))
 
     n_train = classes * train_per_class
-    train_tasks = ((seed, "train", i, i // train_per_class, image_size, spurious,
+    others = chimeras(look)
+    train_tasks = ((seed, "train", i, look[i // train_per_class], image_size, spurious,
                     str(out / "train" / wnids[i // train_per_class]
-                        / f"{wnids[i // train_per_class]}_{i % train_per_class}.JPEG"))
+                        / f"{wnids[i // train_per_class]}_{i % train_per_class}.JPEG"),
+                    distractors, others)
                    for i in range(n_train))
     for _ in _pool_map(_imagenet_task, train_tasks, workers, n_train):
         pass
@@ -414,7 +460,8 @@ def make_imagenet(out: str | os.PathLike, classes: int = 10, train_per_class: in
     n_val = classes * val_per_class
     labels = np.random.default_rng([seed, 7]).permutation(np.repeat(np.arange(classes), val_per_class))
     names = [f"ILSVRC2012_val_{i + 1:08d}" for i in range(n_val)]
-    val_tasks = ((seed, "val", i, int(labels[i]), image_size, val_spurious, str(out / "val" / f"{names[i]}.JPEG"))
+    val_tasks = ((seed, "val", i, look[int(labels[i])], val_size, val_spurious,
+                  str(out / "val" / f"{names[i]}.JPEG"), distractors, others)
                  for i in range(n_val))
     with open(out / "LOC_val_solution.csv", "w", newline="") as csvf:
         csvf.write("ImageId,PredictionString\n")
@@ -422,8 +469,28 @@ def make_imagenet(out: str | os.PathLike, classes: int = 10, train_per_class: in
             name, wn = names[i], wnids[int(labels[i])]
             (out / "val" / f"{name}.xml").write_text(voc_xml(name, h, w, [(wn, b) for b in boxes]))
             csvf.write(f"{name}," + " ".join(f"{wn} {x0} {y0} {x1} {y1}" for x0, y0, x1, y1 in boxes) + "\n")
-    _write_marker(out, params, [class_name(k) for k in range(classes)], time.time() - t0)
+    _write_marker(out, params, [class_name(look[k]) for k in range(classes)], time.time() - t0)
     return out
+
+
+def chimeras(look: list[int]) -> tuple[int, ...]:
+    """Appearance ids (< 100) that are NOT classes of the dataset but combine one class's outline
+    with another class's pattern: the distractors. Falls back to all non-class ids < 100."""
+    apps = [appearance(k) for k in look]
+    shapes, textures = {a[0] for a in apps}, {a[1] for a in apps}
+    pool = [k for k in range(100) if k not in look
+            and appearance(k)[0] in shapes and appearance(k)[1] in textures]
+    return tuple(pool or [k for k in range(100) if k not in look])
+
+
+def lookalike_appearance(j: int) -> int:
+    """Appearance id of class ``j`` under ``lookalikes``: 0, 10, 1, 11, 2, 12, ...
+
+    Appearance ``b`` (b < 10) is shape b with pattern b; ``b + 10`` is shape b with pattern b + 1.
+    So classes 2i and 2i+1 share an outline, and 2i+1 and 2i+2 share a pattern.
+    """
+    block, r = divmod(j, 20)
+    return block * 100 + r // 2 + 10 * (r % 2)
 
 
 def _write_marker(out: Path, params: dict, names: list[str], seconds: float) -> None:
@@ -597,5 +664,5 @@ def make_coco(out: str | os.PathLike, images_train: int = 200, images_val: int =
 
 
 __all__ = ["make_imagenet", "make_coco", "wnid", "class_name",
-           "appearance", "cue_color", "coco_category_id", "image_id", "render_imagenet_image",
+           "appearance", "lookalike_appearance", "chimeras", "cue_color", "coco_category_id", "image_id", "render_imagenet_image",
            "render_coco_image", "voc_xml", "SHAPES", "TEXTURES", "MAX_CLASSES"]

@@ -151,12 +151,18 @@ def hit_region(mask: Tensor, tolerance: float = 15.0) -> Tensor:
     return torch.from_numpy(out.reshape(m.shape)).to(mask.device)
 
 
-def hit_points(masks: Tensor, points: Tensor, tolerance: float = 15.0) -> Tensor:
+def hit_points(masks: Tensor, points: Tensor, tolerance: float = 15.0, *,
+               flat: bool | None = None) -> Tensor:
     """Hit tests for many points per mask: is some mask pixel within ``< tolerance`` px?
 
     Args:
         masks: (P,H,W) bool ground-truth masks (original image resolution).
-        points: (P,S) long flat pixel indices ``y * W + x`` into each pair's mask.
+        points: (P,S) integer flat pixel indices ``y * W + x`` into each pair's mask, or (P,S,2)
+            integer ``(y, x)`` coordinates. A (P,2) tensor whose rows all fit as (y, x) (y < H,
+            x < W) is ambiguous (one (y,x) point, or two flat indices, per mask: the classic
+            mistake) and raises unless ``flat=True`` says it holds flat indices; pass one (y,x)
+            point per mask as (P,1,2).
+        flat: ``True`` when ``points`` are flat indices (skips the (P,2) ambiguity check).
         tolerance: the pointing game's tolerance in pixels (strict ``<``, TorchRay's float32 rule,
             see :func:`_max_sq_distance`).
     Returns:
@@ -170,9 +176,20 @@ def hit_points(masks: Tensor, points: Tensor, tolerance: float = 15.0) -> Tensor
     instead of an (H,W) distance mesh, and nothing of size (H,W) is built per pair beyond the
     counts. Raises ValueError for a point outside ``[0, H*W)``.
     """
+    _check_tensor("masks", masks)
+    _check_tensor("points", points)
+    if points.is_floating_point() or points.dtype == torch.bool:
+        raise ValueError(f"points must be integer pixel indices or (y, x) coordinates, got {points.dtype}")
+    if masks.dim() == 3 and points.dim() == 3 and points.shape[2] == 2 and flat is not True:
+        points = points[..., 0] * masks.shape[2] + points[..., 1]  # (y, x) -> flat
+    elif (points.dim() == 2 and points.shape[1] == 2 and flat is None and masks.dim() == 3
+          and points.numel() and bool(((points[:, 0] < masks.shape[1]) & (points[:, 1] < masks.shape[2])).all())):
+        raise ValueError("points of shape (P,2) that all look like (y, x) coordinates: pass one "
+                         "(y, x) point per mask as (P,1,2), or flat=True if they are two flat "
+                         "indices y*W+x per mask")
     if masks.dim() != 3 or points.dim() != 2 or points.shape[0] != masks.shape[0]:
-        raise ValueError(f"masks must be (P,H,W) and points (P,S); got {tuple(masks.shape)} "
-                         f"and {tuple(points.shape)}")
+        raise ValueError(f"masks must be (P,H,W) and points (P,S) flat indices or (P,S,2) (y, x); "
+                         f"got {tuple(masks.shape)} and {tuple(points.shape)}")
     if masks.dtype != torch.bool:
         raise ValueError(f"masks must be bool, got {masks.dtype}")
     P, H, W = masks.shape
@@ -265,6 +282,8 @@ def score_pairs(
         :class:`PairScores`.
     """
     metrics = set(metrics)
+    _check_tensor("heat", heat)
+    _check_tensor("masks", masks)
     if heat.dim() != 3 or masks.shape != heat.shape:
         raise ValueError(f"heat and masks must both be (P,H,W); got {tuple(heat.shape)} "
                          f"and {tuple(masks.shape)}")
@@ -313,7 +332,7 @@ def score_pairs(
     if "spg" in metrics:
         points.append(_draw_from_cdf(cdf, total, uniforms))
     if points:
-        hit = hit_points(masks.to(heat.device), torch.cat(points, dim=1), tolerance)
+        hit = hit_points(masks.to(heat.device), torch.cat(points, dim=1), tolerance, flat=True)
         if "pg" in metrics:
             out.pg_hit = hit[:, 0]
         if "spg" in metrics:
@@ -369,7 +388,16 @@ def _mass_inside(heat: Tensor, masks: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- single-pair API
-def _check_pair(heatmap: Tensor, mask: Tensor) -> None:
+def _check_tensor(name: str, value: object) -> None:
+    if not isinstance(value, Tensor):
+        hint = " (convert it with torch.from_numpy)" if type(value).__module__ == "numpy" else ""
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__module__}."
+                        f"{type(value).__name__}{hint}")
+
+
+def _check_pair(heatmap: Tensor, mask: Tensor, *, non_negative: bool = False) -> None:
+    _check_tensor("heatmap", heatmap)
+    _check_tensor("mask", mask)
     if heatmap.dim() != 2 or mask.shape != heatmap.shape:
         raise ValueError(f"heatmap and mask must both be (H,W); got {tuple(heatmap.shape)} "
                          f"and {tuple(mask.shape)}")
@@ -378,6 +406,10 @@ def _check_pair(heatmap: Tensor, mask: Tensor) -> None:
     if not bool(heatmap.double().sum() > 0):
         raise EmptyHeatmapError("heatmap sums to 0 (or contains NaN): nothing to point at; "
                                 "the paper skips such images")
+    if non_negative and bool((heatmap < 0).any()):
+        raise ValueError(f"heatmap has negative values (min {float(heatmap.min()):.3g}): it is "
+                         "used as a distribution of mass, so it must be >= 0 (clamp(min=0) it, or "
+                         "take the absolute value of signed attributions)")
 
 
 def pointing_game_hit(heatmap: Tensor, mask: Tensor, tolerance: float = 15.0) -> bool:
@@ -415,7 +447,7 @@ def stochastic_pointing_game(
     Returns:
         a fraction in [0, 1]. Raises :class:`EmptyHeatmapError` when the heatmap sums to 0.
     """
-    _check_pair(heatmap, mask)
+    _check_pair(heatmap, mask, non_negative=True)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     u = torch.rand((1, samples), generator=generator, dtype=torch.float64)
@@ -429,9 +461,11 @@ def content_heatmap(heatmap: Tensor, mask: Tensor) -> float:
     Args:
         heatmap: (H,W) non-negative. mask: (H,W) bool.
     Returns:
-        a fraction in [0, 1]. Raises :class:`EmptyHeatmapError` when the heatmap sums to 0.
+        a fraction in [0, 1]. Raises :class:`EmptyHeatmapError` when the heatmap sums to 0,
+        ValueError when it has negative values (the fraction would be meaningless), TypeError for
+        numpy arrays.
     """
-    _check_pair(heatmap, mask)
+    _check_pair(heatmap, mask, non_negative=True)
     s = score_pairs(heatmap[None], mask[None], metrics=("ch",))
     return float(s.ch[0])
 

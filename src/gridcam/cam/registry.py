@@ -1,0 +1,100 @@
+"""The explanation-method registry: one :class:`Method` record per name.
+
+How to register a method (e.g. a new CAM variant in ``cam/cams.py``)::
+
+    # in the module that defines it
+    def explain_mycam(model, layer, images, targets, *, alpha: float = 0.5):
+        ...  # -> (heatmaps (B,T,h,w) float32 >= 0 detached, logits (B,C) detached)
+
+    # in cam/__init__.py, next to the other register() calls
+    register("mycam", Method(explain_mycam, options={"alpha": "mixing weight (0.5)"},
+                             uses_layer=True, description="one line for `gridcam methods`",
+                             cost="1F+1B"))
+
+``options`` names every keyword the function accepts (name -> one-line help with the default):
+``explain`` rejects any other keyword with an error listing these. ``uses_layer=False`` lets the
+caller omit ``layer``. ``cost`` is per image and per pass over the T targets, in forwards (F) and
+backwards (B) of the model, with ``n`` standing for the method's sample/step option; it is what
+``gridcam methods`` prints, ``relative`` orders methods from cheap to expensive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import GridcamError
+
+__all__ = ["ExplainFn", "Method", "METHODS", "METHOD_INFO", "register", "select_options"]
+
+ExplainFn = Callable[..., tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One explanation method.
+
+    Attributes:
+        fn: ``fn(model, layer, images (B,3,H,W), targets (B,T), **options)`` returning
+            ``(heatmaps (B,T,h,w) float32 >= 0 detached, logits (B,C) detached)``.
+        options: keyword name -> one-line help (with its default); the only keywords accepted.
+        uses_layer: whether ``layer`` matters (the CAM layer, or the layer a map is read at).
+        description: one line for ``gridcam methods``.
+        cost: forwards/backwards per image, e.g. ``"1F+1B"`` or ``"n F+n B (n=samples, 50)"``.
+        relative: rough cost relative to Grad-CAM (1) for one target at the default options.
+    """
+
+    fn: ExplainFn
+    options: Mapping[str, str] = field(default_factory=dict)
+    uses_layer: bool = False
+    description: str = ""
+    cost: str = "1F+1B"
+    relative: float = 1.0
+
+
+#: name -> explain function (the historical mapping; the evaluator looks functions up here).
+METHODS: dict[str, ExplainFn] = {}
+#: name -> :class:`Method` (options, description, cost).
+METHOD_INFO: dict[str, Method] = {}
+
+
+def register(name: str, method: Method) -> Method:
+    """Add ``method`` under ``name`` to :data:`METHODS` and :data:`METHOD_INFO`; returns it."""
+    if name in METHOD_INFO:
+        raise ValueError(f"explanation method {name!r} is already registered")
+    METHOD_INFO[name] = method
+    METHODS[name] = method.fn
+    return method
+
+
+def _info(name: str) -> Method:
+    info = METHOD_INFO.get(name)
+    if info is None or info.fn is not METHODS.get(name):
+        # Someone replaced METHODS[name] by hand: trust the function, accept its keywords as given.
+        return Method(METHODS[name], options={"*": "any"}, uses_layer=True)
+    return info
+
+
+def select_options(method: str, opts: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of ``opts`` that ``method`` accepts.
+
+    An option no registered method declares is a mistake (a typo such as ``varient``): it raises
+    :class:`GridcamError` naming ``method``'s valid options. An option that only OTHER methods
+    declare (``variant`` when explaining with ``gradient``) is dropped, so one option set can be
+    passed for several methods, as ``gridcam evaluate --methods a,b`` does.
+    """
+    info = _info(method)
+    if "*" in info.options:
+        return dict(opts)
+    known = set().union(*(m.options for m in METHOD_INFO.values()))
+    unknown = sorted(k for k in opts if k not in known)
+    if unknown:
+        valid = ", ".join(f"{k} ({v})" for k, v in info.options.items()) or "none"
+        raise GridcamError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for explanation method {method!r}; "
+            f"its options are: {valid}"
+        )
+    return {k: v for k, v in opts.items() if k in info.options}

@@ -1,0 +1,414 @@
+"""``gridcam study``: the paper's four ImageNet rows, trained and scored alike, with their uncertainty.
+
+Rows (the paper's Table 1 layout): Baseline (λ = 0), Ours: GC (λ > 0), GMP (global max pooling,
+λ = 0), Ours: GMP + GC. Every row trains with the same data, schedule and seeds through the same
+engine as ``gridcam train`` (:func:`train_row`), and every model is scored once with every metric
+and explanation method through the engine of ``gridcam evaluate`` (:func:`evaluate_row`). The
+summary is the mean over seeds with a 95 % t-interval per row, and the paired difference of each
+"Ours" row to its baseline over the same seeds (``study_stats``).
+
+Layout of ``OUT`` (everything is reused when complete, so a rerun resumes):
+``data/`` (synthetic, unless ``--data``), ``runs/<row>/seed<k>/`` (checkpoints, ``eval.json``),
+``study.json`` and ``study.md``.
+
+Presets (see :data:`PRESETS`): ``quick`` (the demo: one seed, ~6 minutes on 2 busy CPU cores),
+``cpu`` (3 seeds, longer pre-training), ``gpu`` (the paper's recipe: ResNet18 from scratch, 224 px
+crops, 7x7 maps, evaluation at 448 px; meant for ``--data`` on ImageNet). The synthetic presets
+train at 128 px (4x4 Grad-CAM maps) and evaluate at 256 px, twice the training size as the paper's
+224 -> 448: 224 px crops cost ~3x more and do not fit 2 CPU cores. They pre-train one start per
+pooling and seed with plain cross-entropy, then train every row from it for the same epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gridcam.engine import study_stats
+from gridcam.errors import GridcamError
+
+__all__ = ["ROWS", "PRESETS", "StudyConfig", "Row", "Stage", "config_for", "run_study", "train_row",
+           "row_checkpoint", "evaluate_row", "table", "load", "describe", "METRICS"]
+
+METHODS = ("gradcam", "gradient", "input_x_gradient")
+METRICS = (("top1", "Top-1"), ("pg", "PG"), ("spg", "SPG"), ("ch", "CH"))
+_METRIC_KEYS = {"pg": "pointing_game", "spg": "stochastic_pointing_game", "ch": "content_heatmap"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the paper's table: its name, folder, whether GC is on and whether GMP is."""
+
+    name: str
+    slug: str
+    gc: bool
+    gmp: bool
+
+
+ROWS = (Row("Baseline", "baseline", False, False), Row("Ours: GC", "gc", True, False),
+        Row("GMP", "gmp", False, True), Row("Ours: GMP + GC", "gmp_gc", True, True))
+PAIRS = (("Ours: GC", "Baseline"), ("Ours: GMP + GC", "GMP"))
+
+
+@dataclass
+class StudyConfig:
+    """Everything a study needs. The presets fill the recipe; the CLI overrides single fields.
+
+    Recipe: with ``pretrain_epochs`` > 0, every seed first trains a shared start with plain
+    cross-entropy (``pretrain_epochs``, cosine from ``pretrain_lr`` after ``warmup_steps`` linear
+    warm-up steps; one for the average-pooling rows, one for the GMP rows), then each row trains
+    ``epochs`` more from it (cosine from ``lr``): the baselines with λ = 0, the GC rows with
+    ``lam`` — a like-for-like comparison at CPU cost. With ``pretrain_epochs`` = 0 every row trains
+    from scratch for ``epochs`` (the paper's protocol; warm-up then applies to each row).
+    ``gmp_lr_scale`` multiplies every learning rate of the GMP rows: global max pooling feeds the
+    classifier features several times larger than average pooling (tiny_resnet at init: 2.5 vs
+    0.56 on average), so at the same rate its logits move ~20x faster and small models diverge in
+    the first epoch (measured: loss 2.6 -> 18 in four steps at lr 0.05, then chance accuracy). ``image_size`` training crops; ``eval_resize`` shorter side at
+    evaluation. Synthetic data (when ``data`` is None): ``classes``, ``train_per_class`` images of
+    ``train_image_size`` px, ``val_per_class`` of ``val_image_size`` px, ``distractors`` and
+    ``lookalikes`` (see :func:`gridcam.data.synthetic.make_imagenet`); ``data_seed`` fixes the
+    data for all seeds (seeds vary initialisation and order only).
+    """
+
+    out: str = "runs/study"
+    preset: str = "quick"
+    data: str | None = None
+    seeds: int = 1
+    arch: str = "tiny_resnet"
+    epochs: int = 12
+    lr: float = 0.05
+    warmup_steps: int = 0
+    pretrain_epochs: int = 0
+    pretrain_lr: float = 0.05
+    gmp_lr_scale: float = 1.0
+    lam: float = 10.0
+    batch_size: int = 32
+    image_size: int = 128
+    eval_resize: int = 256
+    classes: int = 8
+    train_per_class: int = 80
+    val_per_class: int = 12
+    train_image_size: int = 160
+    val_image_size: int = 448
+    distractors: int = 2
+    lookalikes: bool = True
+    data_seed: int = 0
+    wd: float = 1e-4
+    workers: int = 0
+    methods: tuple[str, ...] = METHODS
+    rows: tuple[str, ...] = tuple(r.slug for r in ROWS)
+    device: str | None = None
+    progress: bool = False
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields a finished run or evaluation must match to be reused."""
+        d = asdict(self)
+        for k in ("out", "preset", "seeds", "rows", "device", "progress", "workers"):
+            d.pop(k)
+        d["methods"] = list(self.methods)
+        return d
+
+
+_SYNTH_CPU = dict(arch="tiny_resnet", classes=6, train_per_class=60, lookalikes=False, distractors=1,
+                  train_image_size=160, val_image_size=448, image_size=128, eval_resize=256,
+                  batch_size=16, pretrain_epochs=8, pretrain_lr=0.05, warmup_steps=20, epochs=2,
+                  lr=0.01, lam=25.0, gmp_lr_scale=0.1)
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(_SYNTH_CPU, seeds=1, val_per_class=10),
+    "cpu": dict(_SYNTH_CPU, seeds=3, val_per_class=10, pretrain_epochs=20, epochs=3),
+    "gpu": dict(seeds=3, arch="resnet18", epochs=90, lr=0.1, lam=25.0, batch_size=256, image_size=224,
+                eval_resize=448, pretrain_epochs=0, warmup_steps=0, gmp_lr_scale=1.0, workers=8,
+                train_image_size=256, val_image_size=448, classes=100, train_per_class=260,
+                val_per_class=50, distractors=1),
+}
+
+
+def config_for(preset: str, **overrides: Any) -> StudyConfig:
+    """The preset's configuration with ``overrides`` (None values are ignored)."""
+    if preset not in PRESETS:
+        raise GridcamError(f"unknown study preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    kw = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return StudyConfig(preset=preset, **kw)
+
+
+# ------------------------------------------------------------------------------------ adapters
+class _Warmup:
+    """``step_callback`` of the training engine: linear warm-up over the first ``n`` steps.
+
+    The run starts at ``lr / (n + 1)`` (:func:`train_row` passes that as the engine's lr); after
+    optimizer step ``s`` the callback sets the next step's rate to ``lr * (s + 2) / (n + 1)``, and
+    the full ``lr`` from step ``n`` on. Keep ``n`` within the first epoch: the cosine schedule,
+    stepped at epoch ends, then decays from the full rate.
+    """
+
+    def __init__(self, n: int, lr: float):
+        self.n, self.lr = n, lr
+
+    def start_lr(self) -> float:
+        return self.lr / (self.n + 1)
+
+    first_loss: float | None = None
+    warned = False
+
+    def __call__(self, info: Any) -> None:
+        s = info.epoch * info.steps_per_epoch + info.step
+        self._watch(info)
+        if s + 1 > self.n:
+            return
+        lr = self.lr * min(1.0, (s + 2) / (self.n + 1))
+        for group in info.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _watch(self, info: Any) -> None:
+        """One warning line when the loss explodes in the first epoch (more than twice the first
+        step's loss): such a run ends near chance with dead heatmaps, and says nothing otherwise."""
+        if self.first_loss is None:
+            self.first_loss = float(info.loss)
+            return
+        if info.epoch == 0 and not self.warned and info.loss > 2.0 * self.first_loss:
+            self.warned = True
+            print(f"[study] warning: the loss exploded in the first epoch ({self.first_loss:.2f} -> "
+                  f"{info.loss:.2f} at step {info.step + 1}): lower the learning rate or add warm-up",
+                  flush=True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training run: its weight ``lam``, pooling, length, rate, warm-up and starting weights."""
+
+    lam: float
+    gmp: bool
+    epochs: int
+    lr: float
+    warmup_steps: int = 0
+    pretrained: Path | None = None
+
+
+def _stamp(save_dir: Path, what: dict[str, Any]) -> None:
+    """Record what ``save_dir`` trains; refuse a folder that holds a run of another recipe (its
+    checkpoints would otherwise be reused as if they were this one's)."""
+    path = save_dir / "study_stage.json"
+    what = json.loads(json.dumps(what))
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old is not None and old != what:
+            raise GridcamError(f"{save_dir}: holds a run of a different recipe (see {path.name}); "
+                               "use a new --out or delete that folder")
+        if old == what:
+            return
+    save_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(what, indent=1))
+
+
+def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir: Path) -> Path:
+    """Train (or resume, or reuse) one stage for one seed; return its last checkpoint.
+
+    The ONE call into ``gridcam.engine.train`` (adjust here if its API changes).
+    """
+    from gridcam.engine import train as train_engine
+    from gridcam.engine.checkpoint import checkpoint_name
+
+    last = save_dir / checkpoint_name(stage.epochs)
+    _stamp(save_dir, {"recipe": c.recipe(), "seed": seed, "lam": stage.lam, "gmp": stage.gmp,
+                      "epochs": stage.epochs, "lr": stage.lr, "warmup_steps": stage.warmup_steps,
+                      "pretrained": str(stage.pretrained) if stage.pretrained else None})
+    if last.is_file():
+        return last
+    resume = "auto" if any(save_dir.glob("*.pth.tar")) else None
+    callback = _Warmup(stage.warmup_steps, stage.lr)
+    train_engine.train(train_engine.TrainConfig(
+        dataset="imagenet", data=str(data_root), arch=c.arch, batch_size=c.batch_size,
+        workers=c.workers, epochs=stage.epochs, lr=callback.start_lr(), wd=c.wd, lam=stage.lam,
+        maxpool=stage.gmp, save_dir=str(save_dir), seed=seed, image_size=c.image_size,
+        pretrained=str(stage.pretrained) if stage.pretrained else None,
+        schedule="cosine", resume=resume, print_freq=10**9, progress_bar=c.progress,
+        validate=False, tensorboard=False, device=c.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        step_callback=callback))
+    if not last.is_file():
+        raise GridcamError(f"training in {save_dir} (seed {seed}) finished without {last}")
+    return last
+
+
+def row_checkpoint(c: StudyConfig, row: Row, seed: int, data_root: Path, out: Path) -> Path:
+    """Train one row for one seed (after its shared pre-training, if the recipe has one)."""
+    run_dir = out / "runs" / row.slug / f"seed{seed}"
+    lam = c.lam if row.gc else 0.0
+    scale = c.gmp_lr_scale if row.gmp else 1.0
+    if not c.pretrain_epochs:
+        return train_row(c, Stage(lam, row.gmp, c.epochs, c.lr * scale, c.warmup_steps), seed, data_root,
+                         run_dir)
+    pre_dir = out / "runs" / ("pretrain_gmp" if row.gmp else "pretrain") / f"seed{seed}"
+    start = train_row(c, Stage(0.0, row.gmp, c.pretrain_epochs, c.pretrain_lr * scale, c.warmup_steps),
+                      seed, data_root, pre_dir)
+    return train_row(c, Stage(lam, row.gmp, c.epochs, c.lr * scale, 0, start), seed, data_root, run_dir)
+
+
+def evaluate_row(c: StudyConfig, checkpoint: Path, data_root: Path, seed: int,
+                 run_dir: Path | None = None) -> dict[str, Any]:
+    """Score one checkpoint with every metric and method in one pass.
+
+    The ONE call into ``gridcam.engine.evaluate``. With ``run_dir``, the full ``results.json`` and
+    the per-image records (``per_image.jsonl``) are written there too, so ``gridcam report`` can
+    compare the rows image by image.
+    """
+    from gridcam import data, models
+    from gridcam.data.transforms import eval_transform
+    from gridcam.engine.evaluate import EvalConfig, evaluate
+
+    model, _ = models.create_from_checkpoint(checkpoint)
+    info = models.info(model)
+    norm = {"mean": info.mean, "std": info.std} if info is not None else {}
+    ds = data.ImageNetValLoc(data_root, transform=eval_transform(c.eval_resize, **norm))
+    files = {}
+    if run_dir is not None:
+        per_image = run_dir / "per_image.jsonl"
+        per_image.unlink(missing_ok=True)  # a fresh pass: an earlier partial one is of another model
+        files = {"output": str(run_dir / "results.json"), "per_image": str(per_image)}
+    config = EvalConfig(methods=list(c.methods), seed=seed, workers=c.workers,
+                        input_resize=c.eval_resize, progress=bool(c.progress), **files,
+                        record={"dataset": "imagenet", "root": str(Path(data_root).resolve()),
+                                "checkpoint": str(Path(checkpoint).resolve()),
+                                "input_resize": c.eval_resize})
+    return evaluate(model.eval(), ds, config, device=c.device)
+
+
+# ---------------------------------------------------------------------------------- the study
+def _data_root(c: StudyConfig, out: Path) -> Path:
+    """The real root (``--data``) or the synthetic dataset under ``OUT/data`` (made once)."""
+    if c.data:
+        root = Path(c.data)
+        if not (root / "val").is_dir():
+            raise GridcamError(f"--data {root}: no val/ folder (expected an ImageNet-style root)")
+        return root
+    from gridcam.data import synthetic
+
+    return synthetic.make_imagenet(
+        out / "data", classes=c.classes, train_per_class=c.train_per_class,
+        val_per_class=c.val_per_class, image_size=c.train_image_size,
+        val_image_size=c.val_image_size, distractors=c.distractors, lookalikes=c.lookalikes,
+        seed=c.data_seed)
+
+
+def _numbers(res: dict[str, Any], methods: tuple[str, ...]) -> dict[str, float]:
+    """One evaluation's results -> flat ``{"top1": .., "gradcam/pg": .., ...}`` in percent."""
+    flat = {"top1": float(res["classification"]["top1"])}
+    for m in methods:
+        for short, key in _METRIC_KEYS.items():
+            flat[f"{m}/{short}"] = float(res["metrics"][m][key])
+    return flat
+
+
+def _complete(path: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored evaluation at ``path`` if it exists, parses and was made with ``recipe``."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("recipe") != recipe or "numbers" not in rec:
+        return None
+    return rec
+
+
+def run_one(c: StudyConfig, row: Row, seed: int, root: Path, out: Path) -> dict[str, Any]:
+    """Train and score one (row, seed), or reuse its finished ``eval.json``."""
+    run_dir = out / "runs" / row.slug / f"seed{seed}"
+    done = _complete(run_dir / "eval.json", c.recipe())
+    if done is not None:
+        return done
+    t0 = time.perf_counter()
+    ckpt = row_checkpoint(c, row, seed, root, out)
+    t1 = time.perf_counter()
+    res = evaluate_row(c, ckpt, root, seed, run_dir)
+    rec = {"row": row.name, "seed": seed, "recipe": c.recipe(), "numbers": _numbers(res, c.methods),
+           "seconds": {"train": round(t1 - t0, 1), "evaluate": round(time.perf_counter() - t1, 1)}}
+    from gridcam.engine.evaluate import atomic_write_json
+
+    atomic_write_json(run_dir / "eval.json", rec)
+    return rec
+
+
+def _columns(methods: tuple[str, ...]) -> dict[str, list[tuple[str, str]]]:
+    cols = {}
+    for m in methods:
+        cols[m] = [("top1", "Top-1")] + [(f"{m}/{k}", h) for k, h in METRICS[1:]]
+    return cols
+
+
+def table(study: dict[str, Any], method: str | None = None) -> str:
+    """Markdown of a ``study.json``: the paper-layout table per explanation method."""
+    methods = tuple(study["config"]["methods"]) if method is None else (method,)
+    parts = []
+    cols = _columns(methods)
+    for m in methods:
+        parts.append(f"**{m}** ({study['summary_note']})\n\n" + study_stats.markdown(study["summary"], cols[m]))
+    return "\n".join(parts)
+
+
+def run_study(c: StudyConfig) -> dict[str, Any]:
+    """Train and score every row for every seed (reusing finished ones); write and return study.json."""
+    if c.seeds < 1:
+        raise GridcamError(f"--seeds must be >= 1, got {c.seeds}")
+    out = Path(c.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    root = _data_root(c, out)
+    rows = [r for r in ROWS if r.slug in c.rows]
+    values: dict[str, dict[str, dict[int, float]]] = {}
+    seconds = {}
+    for seed in range(c.seeds):
+        for row in rows:
+            print(f"[study] {row.name}, seed {seed}", flush=True)
+            rec = run_one(c, row, seed, root, out)
+            seconds[f"{row.slug}/seed{seed}"] = rec["seconds"]
+            for k, v in rec["numbers"].items():
+                values.setdefault(row.name, {}).setdefault(k, {})[seed] = v
+    summary = study_stats.summarize(values, PAIRS)
+    study = {
+        "config": {**c.recipe(), "preset": c.preset, "seeds": c.seeds, "data_root": str(root)},
+        "summary": summary,
+        "summary_note": f"mean ± 95% t-interval over {c.seeds} seed(s); italic rows: paired differences",
+        "seconds": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+    from gridcam.engine.evaluate import atomic_write_json
+
+    atomic_write_json(out / "study.json", study)
+    (out / "study.md").write_text(table(study))
+    return study
+
+
+def load(out: str | Path) -> dict[str, Any]:
+    """Read ``OUT/study.json`` (or a study.json path); GridcamError naming the file if unusable."""
+    path = Path(out)
+    if path.is_dir():
+        path = path / "study.json"
+    try:
+        study = json.loads(path.read_text())
+        study["summary"], study["config"]["methods"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GridcamError(f"{path}: not a readable study.json ({exc})") from None
+    return study
+
+
+def describe(c: StudyConfig) -> str:
+    """One line naming the recipe (printed before a study and stored in the report)."""
+    data = c.data or (f"synthetic: {c.classes} classes, {c.train_per_class} train images/class at "
+                      f"{c.train_image_size} px, {c.val_per_class} val/class at {c.val_image_size} px, "
+                      f"{c.distractors} distractor(s){', lookalike classes' if c.lookalikes else ''}")
+    maps = math.ceil(c.image_size / 32)
+    if c.pretrain_epochs:
+        sched = (f"shared pre-training {c.pretrain_epochs} epochs (cosine from lr {c.pretrain_lr:g}, "
+                 f"{c.warmup_steps} warm-up steps), then {c.epochs} epochs per row from lr {c.lr:g}")
+    else:
+        sched = f"{c.epochs} epochs per row, cosine from lr {c.lr:g} ({c.warmup_steps} warm-up steps)"
+    gmp = f", GMP rows at {c.gmp_lr_scale:g}x the lr" if c.gmp_lr_scale != 1 else ""
+    return (f"{c.arch}, batch {c.batch_size}; {sched}{gmp}; lambda {c.lam:g}; {c.image_size} px crops "
+            f"({maps}x{maps} Grad-CAM maps), evaluation at {c.eval_resize} px; {data}; {c.seeds} seed(s)")

@@ -1,0 +1,253 @@
+"""``gridcam study``: statistics, table, resumability, CLI, synthetic options, and the README's table."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from gridcam.cli import main as cli_main
+from gridcam.data import synthetic
+from gridcam.engine import study, study_stats
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+# ------------------------------------------------------------------------------ statistics
+def test_mean_ci_hand_computed() -> None:
+    ci = study_stats.mean_ci([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303
+    assert ci["mean"] == 2.0 and ci["n"] == 3
+    assert ci["half"] == pytest.approx(4.303 / math.sqrt(3))
+    one = study_stats.mean_ci([5.0])
+    assert one["mean"] == 5.0 and one["half"] is None
+
+
+def test_paired_uses_common_seeds_only() -> None:
+    d = study_stats.paired({0: 3.0, 1: 5.0, 2: 9.0}, {0: 1.0, 1: 2.0})
+    assert d["seeds"] == [0, 1] and d["values"] == [2.0, 3.0]
+    assert d["mean"] == 2.5 and d["half"] == pytest.approx(12.706 * math.sqrt(0.5) / math.sqrt(2))
+
+
+def test_t_quantile_table_and_tail() -> None:
+    assert study_stats.t_quantile(1) == 12.706 and study_stats.t_quantile(30) == 2.042
+    assert 1.96 < study_stats.t_quantile(200) < study_stats.t_quantile(31) < 2.042
+    with pytest.raises(ValueError):
+        study_stats.t_quantile(0)
+
+
+def test_markdown_layout() -> None:
+    values = {"Baseline": {"top1": {0: 50.0, 1: 52.0}}, "Ours: GC": {"top1": {0: 51.0, 1: 55.0}}}
+    md = study_stats.markdown(study_stats.summarize(values, [("Ours: GC", "Baseline")]), [("top1", "Top-1")])
+    lines = md.splitlines()
+    assert lines[0] == "| Model | Top-1 |"
+    assert lines[2].startswith("| Baseline | 51.00 ± ")
+    assert lines[4].startswith("| *Ours: GC - Baseline* | +2.00 ± ")
+
+
+# ------------------------------------------------------------------------------- warm-up
+def test_warmup_rates() -> None:
+    w = study._Warmup(3, 0.4)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=w.start_lr())
+    seen = [opt.param_groups[0]["lr"]]
+    for step in range(5):
+        w(SimpleNamespace(epoch=0, step=step, steps_per_epoch=10, optimizer=opt, loss=2.0))
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+
+
+def test_first_epoch_explosion_warns_once(capsys) -> None:
+    w = study._Warmup(0, 0.1)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    for epoch, step, loss in [(0, 0, 2.0), (0, 1, 3.9), (0, 2, 4.5), (0, 3, 9.0), (1, 0, 20.0)]:
+        w(SimpleNamespace(epoch=epoch, step=step, steps_per_epoch=4, optimizer=opt, loss=loss))
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and "exploded in the first epoch (2.00 -> 4.50 at step 3)" in out[0]
+
+
+# ------------------------------------------------------------------------ the study engine
+def _fake_engine(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Replace training and evaluation by instant fakes whose numbers depend on (row, seed)."""
+    calls: list[tuple] = []
+
+    def fake_train(c, stage, seed, root, save_dir):
+        calls.append(("train", stage.lam, stage.gmp, seed))
+        save_dir.mkdir(parents=True, exist_ok=True)
+        path = save_dir / "fake.pth.tar"
+        path.write_text(json.dumps([stage.lam, stage.gmp]))
+        return path
+
+    def fake_eval(c, ckpt, root, seed, run_dir=None):
+        lam, gmp = json.loads(Path(ckpt).read_text())
+        calls.append(("eval", lam, gmp, seed))
+        bump = (2.0 if lam else 0.0) + seed
+        m = {"pointing_game": 80 + bump, "stochastic_pointing_game": 60 + bump,
+             "content_heatmap": 40 + bump + (5 if gmp else 0)}
+        return {"classification": {"top1": 70.0 - (1 if lam else 0)},
+                "metrics": {k: dict(m) for k in c.methods}}
+
+    monkeypatch.setattr(study, "train_row", fake_train)
+    monkeypatch.setattr(study, "evaluate_row", fake_eval)
+    monkeypatch.setattr(study, "_data_root", lambda c, out: out)
+    return calls
+
+
+def test_study_four_rows_paired_differences_and_resume(tmp_path, monkeypatch) -> None:
+    calls = _fake_engine(monkeypatch)
+    c = study.config_for("quick", out=str(tmp_path), seeds=2, methods=("gradcam",))
+    res = study.run_study(c)
+    assert set(res["summary"]["rows"]) == {"Baseline", "Ours: GC", "GMP", "Ours: GMP + GC"}
+    rows = res["summary"]["rows"]
+    assert rows["Baseline"]["gradcam/spg"]["values"] == [60.0, 61.0]
+    assert rows["GMP"]["gradcam/ch"]["mean"] == 45.5
+    d = res["summary"]["diffs"]["Ours: GC - Baseline"]
+    assert d["gradcam/spg"]["values"] == [2.0, 2.0] and d["gradcam/spg"]["half"] == 0.0
+    assert d["top1"]["mean"] == -1.0
+    assert "Ours: GMP + GC - GMP" in res["summary"]["diffs"]
+    n_evals = sum(1 for x in calls if x[0] == "eval")
+    assert n_evals == 8
+    md = (tmp_path / "study.md").read_text()
+    assert "| Ours: GMP + GC |" in md and "*Ours: GC - Baseline*" in md
+
+    # a rerun reuses every finished evaluation
+    again = study.run_study(c)
+    assert sum(1 for x in calls if x[0] == "eval") == n_evals
+    assert again["summary"] == res["summary"]
+    # a torn eval.json is not "finished": that run alone is redone
+    (tmp_path / "runs" / "gc" / "seed1" / "eval.json").write_text("{")
+    study.run_study(c)
+    assert sum(1 for x in calls if x[0] == "eval") == n_evals + 1
+    # a changed recipe is not reused
+    study.run_study(study.config_for("quick", out=str(tmp_path), seeds=2, methods=("gradcam",), lam=3.0))
+    assert sum(1 for x in calls if x[0] == "eval") == n_evals + 9
+
+
+def test_pretrain_stages_are_shared_per_pooling(tmp_path, monkeypatch) -> None:
+    calls = _fake_engine(monkeypatch)
+    c = study.config_for("quick", out=str(tmp_path), seeds=1, methods=("gradcam",), pretrain_epochs=2)
+    study.run_study(c)
+    trains = [x for x in calls if x[0] == "train"]
+    # each row: its pooling's pre-training (a reused file after the first), then its own stage
+    assert ("train", 0.0, False, 0) in trains and ("train", c.lam, True, 0) in trains
+    assert len(trains) == 8
+
+
+def test_cli_markdown_prints_the_stored_table(tmp_path, monkeypatch, capsys) -> None:
+    _fake_engine(monkeypatch)
+    study.run_study(study.config_for("quick", out=str(tmp_path), methods=("gradcam",)))
+    capsys.readouterr()
+    assert cli_main(["study", "--markdown", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == (tmp_path / "study.md").read_text()
+    assert cli_main(["study", "--markdown", str(tmp_path / "nothing")]) == 2
+    assert "not a readable study.json" in capsys.readouterr().err
+
+
+def test_unknown_preset_and_rows(tmp_path) -> None:
+    from gridcam.errors import GridcamError
+
+    with pytest.raises(GridcamError, match="unknown study preset"):
+        study.config_for("huge")
+    assert cli_main(["study", "--rows", "baseline,nope", "--out", str(tmp_path)]) == 2
+
+
+# -------------------------------------------------------------------- synthetic task options
+def test_distractors_leave_the_labelled_object_and_boxes_unchanged() -> None:
+    plain, boxes = synthetic.render_imagenet_image(0, "val", 3, 0, 96, 0.0)
+    busy, boxes2 = synthetic.render_imagenet_image(0, "val", 3, 0, 96, 0.0, distractors=2,
+                                                   others=synthetic.chimeras([0, 10, 1, 11]))
+    assert boxes == boxes2
+    a, b = np.asarray(plain), np.asarray(busy)
+    assert (a != b).any()  # something was painted ...
+    x0, y0, x1, y1 = boxes[0]
+    assert (a[y0 - 1:y1, x0 - 1:x1] == b[y0 - 1:y1, x0 - 1:x1]).all()  # ... but not on the object
+
+
+def test_chimeras_share_parts_but_are_no_class() -> None:
+    look = [synthetic.lookalike_appearance(j) for j in range(4)]
+    assert look == [0, 10, 1, 11]
+    pool = synthetic.chimeras(look)
+    shapes = {synthetic.appearance(k)[0] for k in look}
+    textures = {synthetic.appearance(k)[1] for k in look}
+    assert pool and not set(pool) & set(look)
+    assert all(synthetic.appearance(k)[0] in shapes and synthetic.appearance(k)[1] in textures for k in pool)
+
+
+def test_val_image_size_and_marker(tmp_path) -> None:
+    root = synthetic.make_imagenet(tmp_path / "d", classes=2, train_per_class=1, val_per_class=2,
+                                   image_size=32, val_image_size=80, distractors=1, lookalikes=True)
+    from PIL import Image
+
+    sides = [min(Image.open(p).size) for p in sorted((root / "val").glob("*.JPEG"))]
+    assert sides == [80] * 4
+    assert min(Image.open(next((root / "train").rglob("*.JPEG"))).size) == 32
+    params = json.loads((root / synthetic.MARKER).read_text())["params"]
+    assert params["val_image_size"] == 80 and params["distractors"] == 1 and params["lookalikes"]
+    names = (root / "LOC_synset_mapping.txt").read_text().split("\n")
+    assert names[1].endswith("checkered circle")  # appearance 10: the circle of class 0, new pattern
+    # defaults keep the old parameter set (old datasets stay valid)
+    plain = synthetic.make_imagenet(tmp_path / "p", classes=1, train_per_class=1, val_per_class=1, image_size=32)
+    assert set(json.loads((plain / synthetic.MARKER).read_text())["params"]) == {
+        "kind", "classes", "train_per_class", "val_per_class", "image_size", "spurious",
+        "val_spurious", "seed"}
+
+
+# ------------------------------------------------------------------- the README's study table
+def _readme_table() -> dict[str, dict[str, float]] | None:
+    if not README.is_file():
+        return None
+    text = README.read_text()
+    m = re.search(r"<!-- study-table:begin -->(.*?)<!-- study-table:end -->", text, re.S)
+    if not m:
+        return None
+    return _parse_table(m.group(1))
+
+
+def _parse_table(md: str) -> dict[str, dict[str, float]]:
+    """The first table (gradcam) of a study markdown: row -> {header: mean}."""
+    rows: dict[str, dict[str, float]] = {}
+    header: list[str] = []
+    for line in md.splitlines():
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [x.strip() for x in line.strip().strip("|").split("|")]
+        if cells[0] == "Model":
+            header = cells[1:]
+        elif header and not cells[0].startswith(("---", "*")):
+            rows[cells[0]] = {h: float(v.split("±")[0]) for h, v in zip(header, cells[1:]) if v != "–"}
+    return rows
+
+
+def test_parse_table_reads_means() -> None:
+    md = "**gradcam**\n\n| Model | Top-1 | PG |\n| --- | :---: | :---: |\n| Baseline | 50.00 | 80.10 ± 1.00 |\n"
+    assert _parse_table(md) == {"Baseline": {"Top-1": 50.0, "PG": 80.1}}
+
+
+@pytest.mark.slow
+def test_quick_preset_matches_the_readme_table(tmp_path) -> None:
+    """Runs the quick preset (the demo) and checks the README's table within ±2 points."""
+    expected = _readme_table()
+    if expected is None:
+        pytest.skip("README.md has no <!-- study-table:begin --> ... <!-- study-table:end --> markers yet "
+                    "(the table is in docs/readme/issue10-study.md until the lead merges it)")
+    res = study.run_study(study.config_for("quick", out=str(tmp_path)))
+    got = _parse_table(study.table(res))
+    assert set(got) == set(expected)
+    for row, cols in expected.items():
+        for col, value in cols.items():
+            assert abs(got[row][col] - value) <= 2.0, f"{row} {col}: README {value}, measured {got[row][col]}"
+
+
+def test_a_run_folder_of_another_recipe_is_refused(tmp_path) -> None:
+    from gridcam.errors import GridcamError
+
+    study._stamp(tmp_path / "r", {"lam": 10.0})
+    study._stamp(tmp_path / "r", {"lam": 10.0})  # the same recipe: fine (a resume)
+    with pytest.raises(GridcamError, match="different recipe"):
+        study._stamp(tmp_path / "r", {"lam": 3.0})
