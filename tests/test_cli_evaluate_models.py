@@ -78,3 +78,36 @@ def test_bad_input_resize_is_one_line(value: str, capsys) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "--input-resize" in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_every_method_in_one_pass_with_options(root: Path, tmp_path: Path, capsys) -> None:
+    from gridcam import cam
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth.tar"
+    torch.save({"state_dict": models.create("tiny_resnet", num_classes=3).state_dict(),
+                "arch": "tiny_resnet"}, ckpt)
+    cheap = ["samples=2", "steps=2", "num_masks=8", "iterations=2", "window=16", "stride=16"]
+    res = _evaluate(root, ckpt, tmp_path / "all.json", "--methods", "all", "--method-batch", "8",
+                    *[a for o in cheap for a in ("--method-option", o)])
+    assert set(res["metrics"]) == set(cam.METHODS)
+    for name, r in res["metrics"].items():
+        assert r["evaluated"] + r["skipped"] == 6, name
+    assert res["config"]["method_options"]["method_batch"] == 8
+    assert res["config"]["method_options"]["num_masks"] == 8
+    out = capsys.readouterr().out
+    # one block per method, each in the paper's layout
+    assert out.count("| Top-1 Acc (%) | Top-5 Acc (%) | Pointing Game |") == len(cam.METHODS)
+    assert "**rise**" in out and "**gradcampp**" in out
+
+
+def test_a_misspelt_method_option_fails_before_the_pass(root: Path, tmp_path: Path, capsys) -> None:
+    ckpt = tmp_path / "tiny.pth.tar"
+    torch.save({"state_dict": models.create("tiny_resnet", num_classes=3).state_dict(),
+                "arch": "tiny_resnet"}, ckpt)
+    rc = cli_main(["evaluate", "imagenet", str(root), "--checkpoint", str(ckpt), "--quiet",
+                   "--methods", "smoothgrad", "--method-option", "smaples=3",
+                   "--output", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "'smaples'" in err[-1] and "samples" in err[-1]
+    assert not (tmp_path / "r.json").exists()

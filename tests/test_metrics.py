@@ -105,7 +105,7 @@ def test_hit_points_equals_hit_region(h: int, w: int, seed: int, tol: float, kee
     masks = torch.rand(3, h, w, generator=g) > keep
     masks[2] = False  # an empty mask never hits
     every = torch.arange(h * w).expand(3, -1)
-    got = M.hit_points(masks, every, tol).view(3, h, w)
+    got = M.hit_points(masks, every, tol, flat=True).view(3, h, w)
     assert torch.equal(got, M.hit_region(masks, tol))
     assert not got[2].any()
 

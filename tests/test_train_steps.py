@@ -8,7 +8,6 @@ import math
 import os
 import random
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest

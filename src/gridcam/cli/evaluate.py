@@ -34,7 +34,16 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
                    help="shorter side of the network input, no crop (the paper: 448)")
     add_model_options(p)
     p.add_argument("--methods", default="gradcam",
-                   help="comma-separated explanation methods: gradcam, gradient, input_x_gradient, smoothgrad")
+                   help="comma-separated explanation methods, or 'all' (`gridcam methods` lists them "
+                        "with their cost): gradcam, gradient, input_x_gradient, smoothgrad, gradcampp, "
+                        "rise, occlusion, ...")
+    p.add_argument("--method-batch", type=_positive, default=None,
+                   help="perturbed images per forward for the perturbation methods (RISE, occlusion, "
+                        "Score-CAM, Ablation-CAM, extremal perturbation) and images per forward for "
+                        "SmoothGrad / integrated gradients: a memory budget (default: each method's)")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the methods that declare it, e.g. samples=20 or num_masks=1000 "
+                        "(repeatable; `gridcam methods` lists each method's options)")
     p.add_argument("--gradcam-variant", choices=["elementwise", "classic"], default="elementwise")
     p.add_argument("--metrics", default="pg,spg,ch",
                    help="comma-separated: pg (pointing game), spg (stochastic PG), ch (content heatmap)")
@@ -71,6 +80,27 @@ def _positive(text: str) -> int:
     return value
 
 
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--method-batch`` and ``--method-option KEY=VALUE`` as keyword arguments of the methods
+    (values parsed as Python literals where they are one: 20, 0.5, True; else kept as text)."""
+    import ast
+
+    from gridcam.errors import GridcamError
+
+    opts: dict[str, Any] = {}
+    if args.method_batch is not None:
+        opts.update(method_batch=args.method_batch, chunk=args.method_batch)
+    for item in args.method_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise GridcamError(f"--method-option {item!r}: expected KEY=VALUE, e.g. samples=20")
+        try:
+            opts[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            opts[key.strip()] = value.strip()
+    return opts
+
+
 def config_from_args(args: argparse.Namespace, meta: Mapping[str, Any],
                      num_classes: int, model: Any = None) -> Any:
     """The :class:`~gridcam.engine.evaluate.EvalConfig` of the flags; ``meta`` is what the
@@ -93,6 +123,7 @@ def config_from_args(args: argparse.Namespace, meta: Mapping[str, Any],
     if args.dataset == "coco":
         record["split"] = args.split
     return EvalConfig(
+        method_options=method_options(args),
         methods=args.methods, metrics=args.metrics, gradcam_variant=args.gradcam_variant,
         tolerance=args.tolerance, spg_samples=args.spg_samples, seed=args.seed,
         batch_size=args.batch_size, workers=args.workers, limit=args.limit,

@@ -60,10 +60,12 @@ __all__ = [
 class EvalConfig:
     """Settings of one evaluation (the ``gridcam evaluate`` flags, as Python values).
 
-    methods: names in ``gridcam.cam.METHODS`` (a list or a comma-separated string).
+    methods: names in ``gridcam.cam.METHODS`` (a list or a comma-separated string), or "all".
     metrics: subset of ``METRICS`` keys {"pg", "spg", "ch"} (list or comma-separated string).
     gradcam_variant: "elementwise" or "classic" (None: the method's default, elementwise).
-    method_options: more keyword arguments for every ``cam.explain`` call.
+    method_options: more keyword arguments of the methods (each method gets the ones it declares,
+        see ``gridcam methods``; an option no method declares is an error), e.g.
+        ``{"method_batch": 32, "samples": 20}``.
     tolerance: pointing-game tolerance in px (strict). spg_samples: SPG draws per pair.
     seed: SPG seed (the draws of an image depend only on (seed, its key), see
         :func:`gridcam.data.image_key`).
@@ -197,7 +199,7 @@ def _setup(model: nn.Module, dataset: Any, cfg: EvalConfig, layer: nn.Module | N
     rank = D.dist.get_rank() if distributed else 0
     world = D.dist.get_world_size() if distributed else 1
     metrics = _parse_list(cfg.metrics, METRICS, "metric")
-    methods = _parse_list(cfg.methods, cam.METHODS, "explanation method")
+    methods = _parse_methods(cfg.methods)
     if cfg.spg_samples < 1:
         raise GridcamError(f"--spg-samples must be >= 1, got {cfg.spg_samples}")
     if not (math.isfinite(cfg.tolerance) and cfg.tolerance > 0):
@@ -217,6 +219,8 @@ def _setup(model: nn.Module, dataset: Any, cfg: EvalConfig, layer: nn.Module | N
         raise GridcamError("cannot tell the number of classes; pass num_classes")
     opts = {} if cfg.gradcam_variant is None else {"variant": cfg.gradcam_variant}
     opts.update(cfg.method_options or {})
+    for method in methods:  # a misspelt option fails before the pass, naming the valid ones
+        cam.select_options(method, opts)
     recorded = dict(cfg.record or {})
     split = getattr(_unwrap(dataset), "split", None)
     if split is not None:  # the split actually read (the CLI's --split may be None)
@@ -335,6 +339,17 @@ def _parse_list(text: str | Sequence[str], allowed: Iterable[str], what: str) ->
         raise GridcamError(f"unknown {what} {', '.join(bad) or '(none given)'}; "
                            f"choose from: {', '.join(allowed)}")
     return list(OrderedDict.fromkeys(items))
+
+
+def _parse_methods(text: str | Sequence[str]) -> list[str]:
+    """The explanation methods of ``text`` (names or "all": every registered method, cheapest
+    first, as ``gridcam methods`` lists them)."""
+    from gridcam import cam
+
+    items = [s.strip() for s in (text.split(",") if isinstance(text, str) else text)]
+    if items == ["all"]:
+        return [r["name"] for r in cam.describe_methods()]
+    return _parse_list(items, cam.list_methods(), "explanation method")
 
 
 def _is_multilabel(dataset: Any) -> bool:

@@ -255,16 +255,19 @@ def forward_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modul
         prof = profile_model(model)
         if prof is not None and prof.activations > 0:
             micro = micro_batch_size(prof.activations, *images.shape[-2:])
+    from gridcam import cam
+
     explained = {}
     for method in methods:
         mopts = dict(opts)
-        if method == "smoothgrad" and "generator" not in mopts:
-            # Noise seeded by the batch's first image (its key, as the SPG draws): reproducible
-            # for a given batch plan.
+        info = cam.METHOD_INFO.get(method)
+        if info is not None and "generator" in info.options and "generator" not in mopts:
+            # Random methods (SmoothGrad's noise, RISE's masks): seeded by the batch's first image
+            # (its key, as the SPG draws), so reproducible for a given batch plan.
             g = torch.Generator(device=device)
             g.manual_seed(key_seed(seed + 1, str(items[0]["key"])))
             mopts["generator"] = g
-        # SmoothGrad draws its noise for the whole batch at once: split, it would draw other noise
+        # a random method draws for the whole batch at once: split, it would draw other numbers
         m = B if "generator" in mopts else micro
         parts = [explain(method, model, layer, images[i:i + m], targets[i:i + m], mopts)
                  for i in range(0, B, m)]
