@@ -17,8 +17,8 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
                    help="weights file (repeat to compare models: one sheet row each)")
     p.add_argument("-a", "--arch", default=None, help="architecture when the file does not record it")
     p.add_argument("--method", default="gradcam",
-                   help="explanation method(s), comma-separated, e.g. gradcam,gradient (gridcam models "
-                        "and cam.list_methods() list them)")
+                   help="explanation method(s), comma-separated, e.g. gradcam,gradient (`gridcam methods` "
+                        "lists them)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--class", dest="target", default=None, metavar="C",
                         help="explain this class (index, wnid or name) instead of the top-k")
