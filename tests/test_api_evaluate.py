@@ -23,7 +23,8 @@ def test_evaluation_api_example_runs(tmp_path, monkeypatch, capsys):
     assert json.loads((root / "results.json").read_text())["metrics"] == results["metrics"]
     lines = [json.loads(x) for x in (root / "per_image.jsonl").read_text().splitlines()]
     assert "gridcam_per_image" in lines[0] and sum(1 for r in lines if r.get("done")) == 16
-    assert "| gradcam" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "**gradcam**" in out and "**gradient**" in out and out.count("| Top-1 Acc (%)") == 2
     # a rerun reads every image back from the per-image file: the same numbers, nothing recomputed
     again = gridcam.evaluate(scope["model"], scope["dataset"], scope["config"])
     assert again["images"]["resumed"] == 16 and again["metrics"] == results["metrics"]

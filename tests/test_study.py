@@ -235,7 +235,7 @@ def test_quick_preset_matches_the_readme_table(tmp_path) -> None:
     expected = _readme_table()
     if expected is None:
         pytest.skip("README.md has no <!-- study-table:begin --> ... <!-- study-table:end --> markers yet "
-                    "(the table is in docs/readme/issue10-study.md until the lead merges it)")
+                    "(the README must carry the quick preset's table)")
     res = study.run_study(study.config_for("quick", out=str(tmp_path)))
     got = _parse_table(study.table(res))
     assert set(got) == set(expected)
