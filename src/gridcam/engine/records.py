@@ -26,7 +26,7 @@ from gridcam.engine.totals import Evaluation
 from gridcam.errors import GridcamError
 from gridcam.problems import Problem
 
-__all__ = ["HEADER_KEY", "PerImageWriter", "append_parts", "atomic_write_json", "make_header",
+__all__ = ["HEADER_KEY", "PerImageWriter", "append_parts", "atomic_write_json", "make_header", "read_jsonl",
            "merge_parts", "part_path", "prepare_resume", "start_or_resume"]
 
 HEADER_KEY = "gridcam_per_image"
@@ -75,8 +75,9 @@ def part_path(path: Path, rank: int, world: int) -> Path:
     return path if world == 1 else path.with_name(f"{path.name}.part{rank}")
 
 
-def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """Parsed JSON objects of a JSON-lines file; a torn (unparsable) line is ignored."""
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Parsed JSON objects of a JSON-lines file (per-image records, ``train_log.jsonl``); blank
+    lines and a torn (unparsable) line of an interrupted write are ignored."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
@@ -145,7 +146,7 @@ def prepare_resume(path: Path, header: dict[str, Any], batches: list[list[int]],
     sources = [p for p in [path, *sorted(path.parent.glob(path.name + ".part*"))] if p.is_file()]
     done: set[int] = set()
     for src in sources:
-        for rec in _read_lines(src):
+        for rec in read_jsonl(src):
             if HEADER_KEY in rec:
                 if rec[HEADER_KEY] != header[HEADER_KEY]:
                     raise GridcamError(
@@ -160,7 +161,7 @@ def prepare_resume(path: Path, header: dict[str, Any], batches: list[list[int]],
     with open(tmp, "w", encoding="utf-8") as out:
         out.write(_line(header))
         for src in sources:
-            for rec in _read_lines(src):
+            for rec in read_jsonl(src):
                 if HEADER_KEY not in rec and int(rec.get("index", -1)) in keep:
                     _fold_record(ev, rec)
                     out.write(_line(rec))

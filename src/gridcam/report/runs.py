@@ -14,8 +14,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from gridcam.engine.records import read_jsonl
 from gridcam.errors import GridcamError
 from gridcam.report.summary import Row
 
@@ -39,21 +40,6 @@ class Run:
     @property
     def config(self) -> dict[str, Any]:
         return dict((self.results or {}).get("config") or {})
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of ``path``, skipping blank or broken lines (a run killed mid-write)."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                yield rec
 
 
 def _is_results(path: Path) -> bool:
