@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=10, help="integrated-gradients steps (default: 50)")
     p.add_argument("--chunk", type=int, default=32, help="images per forward (SmoothGrad, IG)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--methods", default="all", help="comma-separated names, or all")
+    p.add_argument("--methods", default="fast",
+                   help="comma-separated names; 'fast' (default): every method costing at most the "
+                        "SmoothGrad/IG class (the perturbation methods have benchmarks/cam_family.py); "
+                        "'all': every registered method (slow: RISE alone is minutes per image)")
     p.add_argument("--no-captum", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
@@ -121,7 +124,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     layer = models.cam_layer(model)
     x = torch.randn(args.images, 3, args.size, args.size, device=device)
     classes = torch.randint(0, 1000, (args.images, args.targets), device=device)
-    names = sorted(cam.METHODS) if args.methods == "all" else args.methods.split(",")
+    if args.methods == "all":
+        names = sorted(cam.METHODS)
+    elif args.methods == "fast":
+        names = sorted(r["name"] for r in cam.describe_methods() if r["relative"] <= 100)
+    else:
+        names = args.methods.split(",")
 
     def sync() -> None:
         if device.type == "cuda":
