@@ -111,3 +111,35 @@ def test_a_misspelt_method_option_fails_before_the_pass(root: Path, tmp_path: Pa
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "'smaples'" in err[-1] and "samples" in err[-1]
     assert not (tmp_path / "r.json").exists()
+
+
+def test_seed_variant_samples_tolerance_and_classes_flags_reach_the_scores(root: Path, tmp_path: Path) -> None:
+    """Each flag changes what it should and nothing else (each was once ignored without a test
+    noticing)."""
+    torch.manual_seed(3)
+    ckpt = tmp_path / "gmp.pth.tar"  # GMP: classic and elementwise Grad-CAM differ (GAP: equal up to scale)
+    torch.save({"state_dict": models.create("tiny_resnet", num_classes=3, pooling="max").state_dict(),
+                "arch": "tiny_resnet", "pooling": "max"}, ckpt)
+
+    def run(name: str, *flags: str) -> dict:
+        res = _evaluate(root, ckpt, tmp_path / f"{name}.json", *flags)
+        return res["metrics"]["gradcam"]
+
+    base = run("base")
+    seed = run("seed", "--seed", "1")
+    assert seed["stochastic_pointing_game"] != base["stochastic_pointing_game"]
+    assert (seed["pointing_game"], seed["content_heatmap"]) == (base["pointing_game"], base["content_heatmap"])
+    classic = run("classic", "--gradcam-variant", "classic")
+    assert classic["content_heatmap"] != base["content_heatmap"]
+    few = run("few", "--spg-samples", "3")
+    hits = few["stochastic_pointing_game"] * 3 / 100 * few["evaluated"]  # whole draws, 3 per pair
+    assert abs(hits - round(hits)) < 1e-9 and few["stochastic_pointing_game"] != base["stochastic_pointing_game"]
+    wide = run("wide", "--tolerance", "1000")
+    assert wide["pointing_game"] == 100.0 and wide["stochastic_pointing_game"] == 100.0
+    assert wide["content_heatmap"] == base["content_heatmap"]  # CH has no tolerance
+    classes = tmp_path / "classes.txt"
+    wnids = sorted(p.name for p in (root / "train").iterdir())
+    classes.write_text("\n".join(reversed(wnids)) + "\n")  # another class order: other labels
+    swapped = _evaluate(root, ckpt, tmp_path / "swapped.json", "--classes", str(classes))
+    assert swapped["config"]["num_classes"] == 3
+    assert swapped["metrics"]["gradcam"] != base
