@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from gridcam import cam, models
+from gridcam import models
 from gridcam.cli import main as cli_main
 from gridcam.data import synthetic
 from gridcam.data.coco import CocoLoc
@@ -91,30 +91,75 @@ def _mesh_hit(mask: torch.Tensor, y: int, x: int, tol: float) -> bool:
     return bool((mask & ((v + u) < tol ** 2)).view(-1).any())
 
 
+def _grad_cam_by_hand(model, image: torch.Tensor, c: int) -> torch.Tensor:
+    """The paper's evaluation Grad-CAM written out: A = the CAM layer's output (hook), g = d logit_c
+    / dA, ReLU(sum_k g_k A_k) (element-wise, not normalised), (h,w)."""
+    acts = []
+    handle = models.cam_layer(model).register_forward_hook(lambda _m, _i, out: acts.append(out))
+    try:
+        with torch.enable_grad():
+            logits = model(image[None].to(next(model.parameters()).dtype).requires_grad_(True))
+            (g,) = torch.autograd.grad(logits[0, c], acts[0])
+    finally:
+        handle.remove()
+    return torch.relu((g * acts[0]).sum(1))[0].detach()
+
+
+def _uniforms_by_hand(seed: int, key: str, rows: int, samples: int) -> np.ndarray:
+    """The documented SPG seeding: BLAKE2b-64 of "seed\\0key", little-endian, top bit cleared,
+    seeds torch's generator; (rows, samples) float64 uniforms."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=8).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return torch.rand((rows, samples), generator=g, dtype=torch.float64).numpy()
+
+
+def _xml_mask(xml: Path, wnid: str, H: int, W: int) -> torch.Tensor:
+    """Union of the VOC boxes of ``wnid`` (1-based, inclusive), read with ElementTree."""
+    import xml.etree.ElementTree as ET
+
+    mask = torch.zeros(H, W, dtype=torch.bool)
+    for obj in ET.parse(xml).getroot().iter("object"):
+        if obj.findtext("name") == wnid and obj.findtext("difficult", "0") == "0":
+            b = [int(float(obj.findtext(f"bndbox/{k}"))) for k in ("xmin", "ymin", "xmax", "ymax")]
+            mask[max(b[1] - 1, 0):b[3], max(b[0] - 1, 0):b[2]] = True
+    return mask
+
+
 def _reference(model, ds, seed=0, samples=100, tol=15.0):
-    """Batch size 1, one forward per (image, class), Grad-CAM resized to the original size,
-    PG/SPG by a full distance mesh per point, CH by masking; per-class PG averaging."""
-    layer = models.cam_layer(model)
+    """Batch size 1, one forward per (image, class), Grad-CAM by hand resized (torch's bilinear,
+    align_corners=False) to the original size, PG/SPG by a full distance mesh per point, CH by
+    masking; per-class PG averaging. Independent of gridcam's cam, metrics and scoring code; for
+    ImageNet the class and the mask come from the XML beside the image (ElementTree), for COCO
+    from the dataset."""
     hits, misses = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES)
     spg, ch, skipped = [], [], 0
+    imagenet = isinstance(ds, ImageNetValLoc)
+    wnids = sorted(p.name for p in (Path(ds.root) / "train").iterdir()) if imagenet else None
     for i in range(len(ds)):
         it = ds[i]
         if it is None:
             continue
         H, W = it["size"]
-        T = len(it["classes"])
-        u_all = E.spg_uniforms(seed, it["key"], T, samples).numpy()
-        for t, c in enumerate(it["classes"].tolist()):
-            with torch.enable_grad(), cam.capture(layer) as feats:
-                x = it["image"][None].to(next(model.parameters()).dtype)
-                logits = model(x.requires_grad_(True))
-                heat = cam.grad_cam(logits, feats.output, torch.tensor([c]), normalize=None)
-            big = cam.upsample(heat.detach(), (H, W))[0].numpy().astype(np.float64)
+        classes = it["classes"].tolist()
+        if imagenet:
+            import xml.etree.ElementTree as ET
+
+            xml = Path(it["path"]).with_suffix(".xml")
+            first = ET.parse(xml).getroot().find("object").findtext("name")
+            assert classes == [wnids.index(first)]
+        u_all = _uniforms_by_hand(seed, Path(it["path"]).name if imagenet else str(it["key"]),
+                                  len(classes), samples)
+        for t, c in enumerate(classes):
+            heat = _grad_cam_by_hand(model, it["image"], c)
+            big = torch.nn.functional.interpolate(heat[None, None], size=(H, W), mode="bilinear",
+                                                  align_corners=False)[0, 0].numpy().astype(np.float64)
             if not big.sum() > 0:
                 skipped += 1
                 continue
             p = big / big.sum()
-            mask = it["masks"][t]
+            mask = _xml_mask(xml, wnids[c], H, W) if imagenet else it["masks"][t]
             y, x = np.unravel_index(p.argmax(), p.shape)
             if _mesh_hit(mask, int(y), int(x), tol):
                 hits[c] += 1
