@@ -164,46 +164,21 @@ def fast_max_pool(model: nn.Module) -> list[Any]:
 
 
 def explain(method: str, model: nn.Module, layer: nn.Module, images: torch.Tensor,
-             targets: torch.Tensor, opts: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cam.explain``, with a faster route for Grad-CAM giving bit-identical heatmaps.
-
-    Grad-CAM needs ``d logits / d A`` at the CAM layer only, so the network BEFORE the layer need
-    not be recorded for autograd. ``cam.explain_gradcam`` makes the input require grad (so it works
-    for any model), which records the whole trunk: every op saves its inputs, and ``max_pool2d``
-    then takes its slower with-indices kernel. Here the forward runs under ``no_grad`` and a hook
-    on the layer swaps its output for a detached leaf that requires grad and turns grad mode on
-    for the rest of the forward (the head after the layer). The same kernels compute the same
-    values; the backward covers exactly the head, as before. Falls back to ``cam.explain`` when the
-    registry's "gradcam" was replaced or the layer ran more than once in the forward.
-    """
+            targets: torch.Tensor, opts: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cam.explain``, with Grad-CAM's max-pool layers on oneDNN (exact, faster on CPU, see
+    :func:`fast_max_pool`). Grad-CAM itself already records only the head after the CAM layer
+    (``cam.explain_gradcam``), so its trunk runs without autograd and max-pool may take the
+    without-indices kernel."""
     from gridcam import cam
 
-    fn = cam.METHODS.get(method)
-    if method != "gradcam" or fn is not cam.explain_gradcam:
+    if method != "gradcam" or cam.METHODS.get(method) is not cam.explain_gradcam:
         return cam.explain(method, model, layer, images, targets, **opts)
-    leaves: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
-        if not isinstance(out, torch.Tensor):
-            return None
-        leaf = out.detach().requires_grad_(True)
-        leaves.append(leaf)
-        torch.set_grad_enabled(True)  # the head after the layer is recorded; restored below
-        return leaf
-
-    handles = [layer.register_forward_hook(hook), *fast_max_pool(model)]
+    handles = fast_max_pool(model)
     try:
-        with torch.inference_mode(False), torch.no_grad():  # exit restores the grad mode
-            logits = model(images.detach())
+        return cam.explain(method, model, layer, images, targets, **opts)
     finally:
         for h in handles:
             h.remove()
-    if len(leaves) != 1 or not logits.requires_grad:
-        return cam.explain(method, model, layer, images, targets, **opts)
-    with torch.enable_grad():
-        heat = cam.grad_cam(logits, leaves[0], targets, variant=opts.get("variant", "elementwise"),
-                            normalize=None)
-    return heat.detach(), logits.detach()
 
 
 
