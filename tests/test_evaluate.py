@@ -127,12 +127,40 @@ def _xml_mask(xml: Path, wnid: str, H: int, W: int) -> torch.Tensor:
     return mask
 
 
+def _coco_masks(ann_file: Path, image_id: int, H: int, W: int) -> dict[int, torch.Tensor]:
+    """Per class index (categories sorted by id, as in the paper's loader): the union of the image's
+    instance masks, read from the JSON with ``json``; uncompressed RLE decoded by hand (column-major
+    runs, zeros first), polygons rasterised by pycocotools (the definition of a COCO polygon's
+    pixels), one instance at a time."""
+    from pycocotools import mask as mask_utils
+
+    d = json.loads(Path(ann_file).read_text())
+    index = {c: k for k, c in enumerate(sorted(int(c["id"]) for c in d["categories"]))}
+    out: dict[int, np.ndarray] = {}
+    for a in d["annotations"]:
+        if a["image_id"] != image_id:
+            continue
+        seg = a["segmentation"]
+        if isinstance(seg, dict):
+            assert list(seg["size"]) == [H, W]
+            flat = np.repeat(np.arange(len(seg["counts"])) % 2, seg["counts"]).astype(bool)
+            m = flat.reshape(W, H).T
+        else:
+            m = np.zeros((H, W), dtype=bool)
+            for poly in seg:
+                rle = mask_utils.frPyObjects([poly], H, W)[0]
+                m |= mask_utils.decode(rle).astype(bool)
+        k = index[a["category_id"]]
+        out[k] = out.get(k, np.zeros((H, W), dtype=bool)) | m
+    return {k: torch.from_numpy(m) for k, m in out.items()}
+
+
 def _reference(model, ds, seed=0, samples=100, tol=15.0):
     """Batch size 1, one forward per (image, class), Grad-CAM by hand resized (torch's bilinear,
     align_corners=False) to the original size, PG/SPG by a full distance mesh per point, CH by
-    masking; per-class PG averaging. Independent of gridcam's cam, metrics and scoring code; for
-    ImageNet the class and the mask come from the XML beside the image (ElementTree), for COCO
-    from the dataset."""
+    masking; per-class PG averaging. Independent of gridcam's cam, metrics and scoring code; the
+    classes and masks come from the annotation files themselves (ImageNet: the XML beside the
+    image, read with ElementTree; COCO: the JSON, see ``_coco_masks``), not from the dataset."""
     hits, misses = np.zeros(NUM_CLASSES), np.zeros(NUM_CLASSES)
     spg, ch, skipped = [], [], 0
     imagenet = isinstance(ds, ImageNetValLoc)
@@ -149,6 +177,9 @@ def _reference(model, ds, seed=0, samples=100, tol=15.0):
             xml = Path(it["path"]).with_suffix(".xml")
             first = ET.parse(xml).getroot().find("object").findtext("name")
             assert classes == [wnids.index(first)]
+        else:
+            coco_masks = _coco_masks(ds.annotation_file, int(it["key"]), H, W)
+            assert classes == sorted(coco_masks)
         u_all = _uniforms_by_hand(seed, Path(it["path"]).name if imagenet else str(it["key"]),
                                   len(classes), samples)
         for t, c in enumerate(classes):
@@ -159,7 +190,7 @@ def _reference(model, ds, seed=0, samples=100, tol=15.0):
                 skipped += 1
                 continue
             p = big / big.sum()
-            mask = _xml_mask(xml, wnids[c], H, W) if imagenet else it["masks"][t]
+            mask = _xml_mask(xml, wnids[c], H, W) if imagenet else coco_masks[c]
             y, x = np.unravel_index(p.argmax(), p.shape)
             if _mesh_hit(mask, int(y), int(x), tol):
                 hits[c] += 1
