@@ -348,6 +348,7 @@ def _paper_commands(data_im: Path, data_coco: Path, out: Path, imagenet_ckpt: Pa
     ]
 
 
+@pytest.mark.slow
 def test_the_papers_training_commands_parse_and_start(im, coco, tmp_path, monkeypatch, capsys):
     # the paper's ImageNet checkpoint: DataParallel keys, 4 classes here (1000 there), no pooling
     model = models.create("resnet18", num_classes=4)
