@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from gridcam import cam, models
 from gridcam.cam.backprop import RULES
@@ -193,6 +194,35 @@ def test_excitation_backprop_two_layer_closed_form():
     # (.5,0,1,.5), (3,3,7,4); the pooled units get a_bar*w2[0] / sum = (7/24, 0, 17/24); split over
     # the pixels in proportion to a_k(s): (1,6,4,3)/48 + (6,6,14,8)/48 = (7,12,18,11)/48.
     torch.testing.assert_close(heat[0, 0], torch.tensor([[7.0, 12.0], [18.0, 11.0]]) / 48)
+
+
+class _KeywordTwoLayer(nn.Module):
+    """``_two_layer`` written with functional calls whose tensors come by keyword
+    (``F.conv2d(input=, weight=)``, ``F.linear(x, weight=, bias=)``), as some model code does."""
+
+    def __init__(self, w1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> None:
+        super().__init__()
+        self.probe = nn.Identity()
+        self.w1, self.w2, self.b2 = (nn.Parameter(w1.view(3, 2, 1, 1)), nn.Parameter(w2),
+                                     nn.Parameter(b2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(F.conv2d(input=self.probe(x), weight=self.w1))
+        return F.linear(F.adaptive_avg_pool2d(a, 1).flatten(1), weight=self.w2, bias=self.b2)
+
+
+@pytest.mark.parametrize("method", ["excitation_backprop", "contrastive_excitation_backprop"])
+def test_excitation_rules_accept_tensors_given_by_keyword(method):
+    w1 = torch.tensor([[1.0, 2.0], [0.5, 0.0], [3.0, 1.0]])
+    w2 = torch.tensor([[1.0, -1.0, 2.0], [-0.5, 1.5, -2.0]])
+    x = torch.tensor([[[[1.0, 0.0], [2.0, 1.0]], [[0.0, 3.0], [1.0, 1.0]]]])
+    modules, keywords = _two_layer(w1, w2, torch.tensor([0.3, -0.2])), _KeywordTwoLayer(
+        w1, w2, torch.tensor([0.3, -0.2])).eval()
+    t = torch.tensor([[0, 1]])
+    want, _ = cam.explain(method, modules, modules[0], x, t)
+    got, _ = cam.explain(method, keywords, keywords.probe, x, t)
+    assert want.abs().sum() > 0
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_contrastive_excitation_backprop_closed_form():

@@ -158,8 +158,7 @@ class _RuleMode(TorchFunctionMode):
             if self.rule in ("guided", "deconvnet"):
                 fn = _GuidedReLU if self.rule == "guided" else _DeconvReLU
                 return fn.apply(args[0])
-            kwargs.pop("inplace", None)  # excitation: ordinary ReLU, out of place
-            return torch.relu(args[0])
+            return torch.relu(args[0])  # excitation: ordinary ReLU, out of place
         if self.rule in ("excitation", "contrastive"):
             out = self._excitation(func, args, kwargs)
             if out is not NotImplemented:
@@ -167,11 +166,11 @@ class _RuleMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _excitation(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        if func in _WEIGHTED:
-            x, weight, *rest = args
-            if "weight" in kwargs:
-                weight = kwargs.pop("weight")
-            bias = kwargs.pop("bias", rest[0] if rest else None)
+        if func in _WEIGHTED:  # input, weight and bias may each come by position or keyword
+            x = args[0] if args else kwargs.pop("input")
+            weight = args[1] if len(args) > 1 else kwargs.pop("weight")
+            rest = args[2:]
+            bias = rest[0] if rest else kwargs.pop("bias", None)
             flag: dict = {}
             out = _Excite.apply(x, weight, func, (bias, *rest[1:]), kwargs, flag)
             self.weighted.append((out, flag))
