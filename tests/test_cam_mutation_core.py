@@ -65,8 +65,9 @@ def test_layer_activations_without_gradients():
     torch.testing.assert_close(logits, model(A))
     acts, grads, _, targets = cams.layer_activations(model, model.layer, A, torch.tensor([[0, 1]] * 2))
     assert grads.shape == (2, 2, 2, 3, 3) and targets.shape == (2, 2)
-    torch.testing.assert_close(grads[:, 0], torch.full((2, 2, 3, 3), 1 / 9).mul(
-        torch.tensor([1.0, -1.0])[:, None, None]).expand(2, 2, 3, 3))
+    # GAP over 3x3: d logit_0 / dA_k = V_0k / 9 at every pixel, for both images.
+    want = (torch.tensor([1.0, -1.0]) / 9)[None, :, None, None].expand(2, 2, 3, 3)
+    torch.testing.assert_close(grads[:, 0], want)
 
 
 class _TupleLayer(nn.Module):
@@ -224,7 +225,6 @@ def test_progress_bar_only_on_request(fn, desc, capsys):
     err = capsys.readouterr().err
     assert re.search(rf"(^|\r){desc}: +0%\|.*\| 0/5 \[.*\?img/s\]", err), repr(err)
     assert err.endswith("\r") and "\n" not in err, repr(err)  # leave=False: the line is cleared
-    assert "100%" not in err or "5/5" in err
 
 
 @pytest.mark.parametrize("fn", [cams.explain_scorecam, cams.explain_ablationcam])
