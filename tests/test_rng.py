@@ -14,6 +14,7 @@ import torch
 
 from gridcam.engine import distributed as du
 from gridcam.engine import rng
+from gridcam.errors import GridcamError
 from gridcam.engine.rng import derive_seed
 
 CPU = torch.device("cpu")
@@ -257,8 +258,19 @@ def test_restore_rng_leaves_the_generators_alone(saved, world_size):
     rng.seed_globals(8, 1, 0)
     expected = _draws()
     rng.seed_globals(8, 1, 0)
-    rng.restore_rng(saved, _info(rank=0, world_size=world_size))
+    if isinstance(saved, dict) and saved:  # another world size: said, not silent
+        with pytest.warns(UserWarning, match=r"saved by [01] process\(es\) and this run has "
+                                             rf"{world_size}: .*not bit-exactly"):
+            rng.restore_rng(saved, _info(rank=0, world_size=world_size))
+    else:
+        rng.restore_rng(saved, _info(rank=0, world_size=world_size))
     assert _draws() == expected
+
+
+def test_restore_rng_names_a_damaged_state_list():
+    saved = {"world_size": 3, "ranks": [rng.rng_state(), rng.rng_state()]}
+    with pytest.raises(GridcamError, match="damaged: 2 rank state.* world size of 3"):
+        rng.restore_rng(saved, _info(rank=2, world_size=3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

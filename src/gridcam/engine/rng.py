@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from gridcam.engine import distributed as du
+from gridcam.errors import GridcamError
 
 __all__ = ["derive_seed", "gather_rng", "restore_rng", "rng_state", "seed_globals", "set_rng_state"]
 
@@ -91,7 +93,20 @@ def gather_rng() -> dict[str, Any]:
 
 def restore_rng(saved: Mapping[str, Any] | None, info: du.DistInfo) -> None:
     """Put this rank's generators back as :func:`gather_rng` saved them; nothing when there is no
-    saved state or it was written with another world size."""
-    if not saved or int(saved.get("world_size", 0)) != info.world_size:
+    saved state. Written with another world size: nothing either, said in one warning (the run
+    goes on, but not bit-exactly). A state list shorter than its world size is a damaged
+    checkpoint: GridcamError."""
+    if not saved:
         return
-    set_rng_state(saved["ranks"][info.rank])
+    world = int(saved.get("world_size", 0))
+    if world != info.world_size:
+        if info.is_main:
+            warnings.warn(f"the checkpoint's random states were saved by {world} process(es) and this "
+                          f"run has {info.world_size}: the resume goes on, but not bit-exactly",
+                          stacklevel=2)
+        return
+    ranks = saved.get("ranks") or []
+    if len(ranks) != world:
+        raise GridcamError(f"the checkpoint's random states are damaged: {len(ranks)} rank state(s) "
+                           f"for a world size of {world}")
+    set_rng_state(ranks[info.rank])
