@@ -325,3 +325,14 @@ def test_state_round_trip_keeps_samples_and_skips() -> None:
     assert back.pg_hits.dtype == back.pg_misses.dtype == torch.int64
     assert back.result() == c.result()
     assert back.result()["stochastic_pointing_game"] == 50.0
+
+
+def test_content_heatmap_of_a_bfloat16_map_equals_its_float32_value():
+    """numpy has no bfloat16: the CH of a bfloat16 map is that of the same values in float32
+    (it used to raise TypeError), alone and through score_pairs with the other metrics."""
+    heat = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.5, 0.25], [0.0, 0.0, 1.25]], dtype=torch.bfloat16)
+    mask = torch.tensor([[0, 1, 1], [0, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    want = (1.0 + 2.0 + 0.5) / 8.0  # 3.5 of a total of 8
+    assert M.content_heatmap(heat, mask) == pytest.approx(want, abs=1e-12)
+    s = M.score_pairs(heat[None], mask[None], metrics=("pg", "ch"))
+    assert float(s.ch[0]) == pytest.approx(want, abs=1e-12)

@@ -214,7 +214,8 @@ def _mass_inside(heat: Tensor, masks: Tensor) -> Tensor:
     P = heat.shape[0]
     if heat.device.type != "cpu":
         return torch.where(masks, heat, 0.0).sum(dim=(1, 2), dtype=torch.float64)
-    h, m = heat.numpy(), masks.numpy()
+    # numpy has no bfloat16; float32 holds every bfloat16 value exactly
+    h, m = (heat.float() if heat.dtype == torch.bfloat16 else heat).numpy(), masks.numpy()
     rows = m.any(axis=2)  # (P,H); numpy's bool reductions are ~5x faster than torch's here
     cols = m.any(axis=1)  # (P,W)
     out = np.zeros(P, dtype=np.float64)
