@@ -142,17 +142,18 @@ def test_hit_points_rows_wider_than_int16(w: int) -> None:
 
 # --------------------------------------------------------------------------- classification
 def test_topk_counts_use_their_own_ks_and_accumulate() -> None:
-    logits = torch.tensor([[0.9, 0.8, 0.7, 0.1],    # label 2 ranks 3rd: in top-3, not top-2
-                           [0.1, 0.9, 0.2, 0.3]])   # label 1 ranks 1st
-    labels = torch.tensor([2, 1])
+    logits = torch.tensor([[0.9, 0.8, 0.7, 0.1, 0.0],    # label 2 ranks 3rd: top-3, not top-2
+                           [0.9, 0.8, 0.1, 0.2, 0.0],    # label 1 ranks 2nd: top-2 and top-3
+                           [0.9, 0.8, 0.7, 0.6, 0.0]])   # label 3 ranks 4th: neither
+    labels = torch.tensor([2, 1, 3])
     c = M.TopKCounts((2, 3))
-    assert c.update(logits, labels).tolist() == [[False, True], [True, True]]
+    assert c.update(logits, labels).tolist() == [[False, True], [True, True], [False, False]]
     c.add_flags(torch.tensor([[True, False]]))
-    assert c.correct == [2, 2] and c.total == 3
+    assert c.correct == [2, 2] and c.total == 4
     r = c.result()
-    assert r == {"top2": pytest.approx(200 / 3), "top3": pytest.approx(200 / 3), "images": 3}
+    assert r == {"top2": pytest.approx(50.0), "top3": pytest.approx(50.0), "images": 4}
     back = M.TopKCounts.from_state(c.state())
-    assert back.ks == (2, 3) and back.correct == [2, 2] and back.total == 3
+    assert back.ks == (2, 3) and back.correct == [2, 2] and back.total == 4
 
 
 def test_topk_counts_empty_and_merge_errors() -> None:
