@@ -200,3 +200,13 @@ def test_multilabel_counts_state_and_merge() -> None:
     assert merged.fn.tolist() == [0, 2]
     with pytest.raises(ValueError, match="^cannot merge multi-label counts with different class counts$"):
         c.merge(M.MultiLabelCounts(3))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_hit_points_small_integer_coordinates_do_not_wrap(dtype):
+    """(y, x) = (20, 10) on a 30x100 mask: flat index 2010, past uint8's and near int16's range;
+    the point is on the mask's only pixel, so it hits whatever the coordinates' dtype."""
+    mask = torch.zeros(1, 30, 100, dtype=torch.bool)
+    mask[0, 20, 10] = True
+    pts = torch.tensor([[[20, 10]]], dtype=dtype)
+    assert H.hit_points(mask, pts, tolerance=0.5).tolist() == [[True]]

@@ -144,6 +144,7 @@ def hit_points(masks: Tensor, points: Tensor, tolerance: float = 15.0, *,
     if points.is_floating_point() or points.dtype == torch.bool:
         raise ValueError(f"points must be integer pixel indices or (y, x) coordinates, got {points.dtype}")
     if masks.dim() == 3 and points.dim() == 3 and points.shape[2] == 2 and flat is not True:
+        points = points.long()  # uint8/int16 (y, x) would wrap around in y*W+x
         points = points[..., 0] * masks.shape[2] + points[..., 1]  # (y, x) -> flat
     elif (points.dim() == 2 and points.shape[1] == 2 and flat is None and masks.dim() == 3
           and points.numel() and bool(((points[:, 0] < masks.shape[1]) & (points[:, 1] < masks.shape[2])).all())):
