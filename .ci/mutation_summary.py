@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     rate = 100.0 * total["survived"] / reached if reached else 0.0
     print(f"{'total':48s} {sum(total.values()):7d} " + " ".join(f"{total[k]:11d}" for k in cols)
           + f" {rate:7.1f}%")
+    # the stricter figure: a mutant no selected test reaches counts as a survivor
+    strict = 100.0 * (total["survived"] + total["no tests"]) / max(reached + total["no tests"], 1)
     print(json.dumps({"mutants": sum(total.values()), **{k.replace(" ", "_"): total[k] for k in cols},
-                      "survival_pct": round(rate, 2)}))
+                      "survival_pct": round(rate, 2), "survival_with_unreached_pct": round(strict, 2)}))
     if total["not checked"]:
         print(f"{total['not checked']} mutants were not checked: the run did not finish", file=sys.stderr)
         return 1
