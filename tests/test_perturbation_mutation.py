@@ -65,6 +65,14 @@ class Linear(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class SquaredLinear(Linear):
+    """logits = W . flatten(x^2) + b: nonlinear, so a term of the input that does not depend on
+    the mask still changes the gradient."""
+
+    def forward(self, x):
+        return self.fc((x * x).flatten(1))
+
+
 class Recording(nn.Module):
     """Wraps a model and records the batch size of every forward."""
 
@@ -326,9 +334,11 @@ def ref_extremal(model, x, target, *, area, iterations, step, blur, lr):
         return P._smooth_mask(param, (H, W), step)[0, 0].clamp(0, 1)
 
 
-@pytest.mark.parametrize("iterations,lr,area", [(2, 0.3, 0.25), (4, 0.6, 0.3), (5, 0.2, 0.1)])
-def test_extremal_perturbation_matches_the_reference(iterations, lr, area):
-    model = Linear((3, 8, 10), classes=3, scale=4.0, seed=11).eval()
+@pytest.mark.parametrize("iterations,lr,area,net", [
+    (2, 0.3, 0.25, Linear), (4, 0.6, 0.3, Linear), (5, 0.2, 0.1, Linear),
+    (3, 0.3, 0.2, SquaredLinear)])
+def test_extremal_perturbation_matches_the_reference(iterations, lr, area, net):
+    model = net((3, 8, 10), classes=3, scale=4.0, seed=11).eval()
     x = torch.randn(2, 3, 8, 10, generator=torch.Generator().manual_seed(12))
     targets = torch.tensor([[0, 2], [1, 0]])
     heat, logits = P.explain_extremal_perturbation(
