@@ -186,7 +186,7 @@ def test_rise_validates_its_options():
     with pytest.raises(GridcamError, match=r"num_masks >= 1 and cells >= 1, got 3, 0"):
         P.explain_rise(model, None, x, t, num_masks=3, cells=0)
     for bad in (torch.ones(5, 8, 7), torch.ones(5, 9, 8), torch.ones(8, 8)):
-        with pytest.raises(ValueError, match=re.escape(f"(N,8,8), got shape {tuple(bad.shape)}")):
+        with pytest.raises(GridcamError, match=re.escape(f"rise masks must be (N,8,8), got shape {tuple(bad.shape)}")):
             P.explain_rise(model, None, x, t, masks=bad)
     # the edges of the valid ranges work: p = 1, one mask, one cell
     heat, _ = P.explain_rise(model, None, x, t, p=1, num_masks=1, cells=1)

@@ -123,7 +123,7 @@ def explain_rise(
     x = images.detach()
     if masks is not None:
         if masks.dim() != 3 or tuple(masks.shape[1:]) != (H, W):
-            raise ValueError(f"masks must be (N,{H},{W}), got shape {tuple(masks.shape)}")
+            raise GridcamError(f"rise masks must be (N,{H},{W}), got shape {tuple(masks.shape)}")
         num = len(masks)
     else:
         if num_masks < 1 or cells < 1:
