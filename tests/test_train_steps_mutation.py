@@ -3,6 +3,8 @@ variant; amp_setup's choices), written against surviving mutants of `make mutati
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 from gridcam import grid, models
 from gridcam.engine import steps
 
-from test_train_steps import _reference_composite, _reference_target
+from test_train_steps import _reference_cam, _reference_composite, _reference_target
 
 
 def _model(classes: int = 5, pooling: str = "avg", seed: int = 0) -> torch.nn.Module:
@@ -111,20 +113,6 @@ def test_valid_combines_the_callers_mask_present_classes_and_negatives():
     assert int(out.gc_samples) == 3
 
 
-def _classic_reference_cam(model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor):
-    """Classic Grad-CAM of a max-pooled ResNet without autograd: d logit_c / dA_k is W_ck at the
-    (a.s. unique) argmax of channel k, so its spatial mean is W_ck / (h w) and the classic map is
-    ReLU(W_c . A) / (h w), then the paper's normalisation. (The elementwise map is sparse.)"""
-    box = {}
-    handle = model.layer4.register_forward_hook(lambda m, i, o: box.__setitem__("a", o))
-    logits = model(x)
-    handle.remove()
-    a = box["a"]
-    h, w = a.shape[-2:]
-    c = F.relu(torch.einsum("bk,bkhw->bhw", model.fc.weight[classes], a)) / (h * w)
-    return logits, c / (c.sum(dim=(1, 2), keepdim=True) + 1e-8) + 1e-8
-
-
 def test_classic_variant_is_used_for_both_heatmaps():
     model = _model(pooling="max")
     g = torch.Generator().manual_seed(4)
@@ -133,9 +121,12 @@ def test_classic_variant_is_used_for_both_heatmaps():
     y, q = torch.tensor([0, 1, 2, 3]), torch.tensor([1, 3, 0, 2])
     out = steps.gc_step(model, models.cam_layer(model), x, y, lam=10.0, negatives=negs, quadrants=q,
                         variant="classic")
+    # Classic Grad-CAM of a max-pooled ResNet: d logit_c / dA_k is W_ck at the (a.s. unique) argmax
+    # of channel k, so its spatial mean is W_ck / (h w) and the classic map is ReLU(W_c . A) / (h w):
+    # the formula of _reference_cam (the elementwise map would be sparse instead).
     with torch.no_grad():
-        logits, t = _classic_reference_cam(model, x, y)
-        _, u = _classic_reference_cam(model, _reference_composite(x, negs, q), y)
+        logits, t = _reference_cam(model, x, y)
+        _, u = _reference_cam(model, _reference_composite(x, negs, q), y)
     gc = (u - _reference_target(t, q)).abs().mean()
     assert out.gc_loss.item() == pytest.approx(gc.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(F.cross_entropy(logits, y).item() + 10.0 * gc.item(), rel=1e-5)
@@ -147,7 +138,7 @@ def test_amp_setup_choices_on_cuda(monkeypatch):
     (the autocast objects are only built, never entered)."""
     cuda = torch.device("cuda")
     autocast, scaler = steps.amp_setup(cuda, False)
-    assert scaler is None and autocast() .__class__.__name__ == "nullcontext"
+    assert scaler is None and isinstance(autocast(), contextlib.nullcontext)
     with pytest.warns(UserWarning):  # "CUDA is not available" where there is none
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
         autocast, scaler = steps.amp_setup(cuda, True)
