@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gridcam import cam
-from gridcam.cam.reshape import GridTap, TokenGrid, fold, parse_reshape
+from gridcam.cam.reshape import ChannelsLast, GridTap, TokenGrid, fold, parse_reshape
 from gridcam.errors import GridcamError
 
 # A hand-made 2-channel 3x3 activation. With global max pooling, d logit_c / dA_k is w_ck at the
@@ -163,3 +163,36 @@ def test_grid_tap_keeps_its_source_and_rule():
     assert tap.source == "blocks.11" and tap.rule is rule
     assert "blocks.11, reshape=vit:1" in repr(tap)
     torch.testing.assert_close(tap(_A), _A)
+
+
+def test_parse_reshape_spellings():
+    assert parse_reshape("") is None and parse_reshape("  ") is None and parse_reshape("None") is None
+    assert isinstance(parse_reshape("nhwc"), ChannelsLast) and isinstance(parse_reshape(" NHWC "), ChannelsLast)
+    for spec in ("vit", "VIT", "tokens", " Tokens "):
+        assert parse_reshape(spec) == TokenGrid()
+    assert parse_reshape("tokens:2") == TokenGrid(prefix=2)
+
+
+# ------------------------------------------------------------------------------ normalize_cam
+def test_normalize_cam_paper_rule_by_hand_where_the_eps_matters():
+    # float64 so that the 1e-8 terms are visible: 3e-8 / (4e-8 + 1e-8) + 1e-8 = 0.6 + 1e-8
+    c = torch.tensor([[[3e-8, 1e-8], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    out = cam.normalize_cam(c)  # "paper" is the default
+    expected = torch.tensor([[[0.6, 0.2], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64) + 1e-8
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_normalize_cam_max_rule_scales_small_peaks_up():
+    c = torch.tensor([[[0.25, 0.5], [0.0, 0.125]], [[0.0, 0.0], [0.0, 0.0]]])
+    out = cam.normalize_cam(c, "max")
+    torch.testing.assert_close(out, torch.tensor([[[0.5, 1.0], [0.0, 0.25]], [[0.0, 0.0], [0.0, 0.0]]]))
+    with pytest.raises(ValueError, match=r"normalize must be one of .*got 'bogus'"):
+        cam.normalize_cam(c, "bogus")
+
+
+def test_grad_cam_errors_name_the_value():
+    logits, feats = torch.zeros(2, 5), torch.zeros(2, 2, 3, 3)
+    with pytest.raises(ValueError, match=r"normalize must be one of .*got 'sum'"):
+        cam.grad_cam(logits, feats, torch.tensor([0, 1]), normalize="sum")
+    with pytest.raises(ValueError, match=r"\(B,K,h,w\) with B=2, got shape \(3, 2, 3, 3\)"):
+        cam.grad_cam(logits, torch.zeros(3, 2, 3, 3), torch.tensor([0, 1]))

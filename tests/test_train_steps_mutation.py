@@ -50,6 +50,9 @@ def test_outputs_live_on_the_images_device():
     out = steps.gc_step(model, models.cam_layer(model), x, y, cam_classes=torch.tensor([0, 1]), lam=1.0,
                         negatives=negs, quadrants=q)
     assert out.cam_classes.device.type == "meta" and out.gc_samples.device.type == "meta"
+    out = steps.gc_step(model, models.cam_layer(model), x, y, cam_classes=torch.tensor([0, 1]), lam=1.0,
+                        negatives=negs)  # quadrants drawn on the images' device
+    assert out.quadrants.device.type == "meta"
 
 
 # ------------------------------------------------------------------------------- lam > 0
@@ -130,6 +133,36 @@ def test_classic_variant_is_used_for_both_heatmaps():
     gc = (u - _reference_target(t, q)).abs().mean()
     assert out.gc_loss.item() == pytest.approx(gc.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(F.cross_entropy(logits, y).item() + 10.0 * gc.item(), rel=1e-5)
+
+
+class _OddMap(torch.nn.Module):
+    """A 3x3 valid conv as CAM layer: 8x8 images give a 6x6 map but their 16x16 composite a 14x14
+    one, not 12x12, so L_gc compares the maps resized to pixels (the AlexNet case)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer4 = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.layer4(x).mean(dim=(-2, -1)))
+
+
+def test_maps_not_a_2x2_grid_are_compared_at_pixel_resolution():
+    model = _OddMap()
+    g = torch.Generator().manual_seed(6)
+    x, negs = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 3, 8, 8, generator=g)
+    y, q = torch.tensor([0, 2]), torch.tensor([2, 1])
+    out = steps.gc_step(model, model.layer4, x, y, lam=1.0, negatives=negs, quadrants=q)
+    with torch.no_grad():
+        _, t = _reference_cam(model, x, y)  # (2,6,6)
+        _, u = _reference_cam(model, _reference_composite(x, negs, q), y)  # (2,14,14)
+    assert t.shape == (2, 6, 6) and u.shape == (2, 14, 14)
+    t_px = F.interpolate(t[:, None], size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+    u_px = F.interpolate(u[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+    gc = (u_px - _reference_target(t_px, q)).abs().mean()
+    assert out.gc_loss.item() == pytest.approx(gc.item(), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------- amp_setup
