@@ -1,10 +1,20 @@
-"""Test-wide settings: one intra-op thread per process.
+"""Test-wide settings: one intra-op thread per process; tqdm's lock local to the process.
 
 The suite runs on 2-core machines, often with a second process (DataLoader workers, a torchrun
 peer) beside it; PyTorch's default of one thread per core then thrashes (a tiny forward measured
 160x slower). One thread keeps timings stable.
+
+tqdm's default write lock includes a multiprocessing semaphore, shared by every process forked
+after it exists. `make mutation` forks one worker per mutant from the process that ran the tests
+once; a worker killed (a mutant that hangs) while it holds that semaphore blocks every later
+worker that draws a progress bar. The tests draw bars from one process only, so a plain thread
+lock is all they need.
 """
 
+import threading
+
 import torch
+from tqdm import tqdm
 
 torch.set_num_threads(1)
+tqdm.set_lock(threading.RLock())

@@ -196,3 +196,51 @@ def test_grad_cam_errors_name_the_value():
         cam.grad_cam(logits, feats, torch.tensor([0, 1]), normalize="sum")
     with pytest.raises(ValueError, match=r"\(B,K,h,w\) with B=2, got shape \(3, 2, 3, 3\)"):
         cam.grad_cam(logits, torch.zeros(3, 2, 3, 3), torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------- target_gradients: graph and messages
+def _linear_logits(B: int = 2, C: int = 4):
+    """logits = x @ w for x (B,3) requiring grad: d logits[b, c] / d x[b] = w[:, c]."""
+    w = torch.arange(12, dtype=torch.float32).view(3, C) / 10
+    x = torch.ones(B, 3, requires_grad=True)
+    return x, torch.tanh(x @ w), w  # tanh: the gradient depends on the graph's saved tensors
+
+
+@pytest.mark.parametrize("targets", [torch.tensor([1, 3]), torch.tensor([[1]] * 2),
+                                     torch.tensor([[1, 2], [3, 0]])])
+def test_target_gradients_graph_lifetime(targets):
+    """retain_graph defaults to create_graph: freed after a plain call (a second backward fails),
+    kept when asked, and with create_graph the result is differentiable."""
+    x, logits, _ = _linear_logits()
+    from gridcam.cam.gradcam import target_gradients
+
+    target_gradients(logits, x, targets)
+    with pytest.raises(RuntimeError, match="second time"):
+        logits.sum().backward()
+    x, logits, _ = _linear_logits()
+    target_gradients(logits, x, targets, retain_graph=True)
+    logits.sum().backward()  # the graph is still there
+    x, logits, _ = _linear_logits()
+    g = target_gradients(logits, x, targets, create_graph=True)
+    assert g.requires_grad
+    (gg,) = torch.autograd.grad(g.sum(), x)  # second order through tanh: not all zero
+    assert gg.abs().sum() > 0
+
+
+def test_target_gradients_and_check_targets_messages():
+    from gridcam.cam.gradcam import target_gradients
+
+    x, logits, _ = _linear_logits()
+    with pytest.raises(ValueError, match=r"^logits must be \(B,C\), got shape \(2, 4, 1\)$"):
+        target_gradients(logits[..., None], x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"^targets must be integer class indices, got dtype torch.float32$"):
+        target_gradients(logits, x, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"^targets must be \(B,\) or \(B,T\) with B=2, got shape \(3,\)$"):
+        target_gradients(logits, x, torch.tensor([0, 1, 2]))
+    with torch.no_grad():
+        frozen = torch.ones(2, 3) @ torch.ones(3, 4)
+    with pytest.raises(ValueError, match=r"^the features/inputs are not in the autograd graph of "
+                                         r"the logits: run the forward with gradients enabled \(not "
+                                         r"under torch.no_grad\(\)/inference_mode\) and with "
+                                         r"parameters or inputs that require grad$"):
+        target_gradients(frozen, torch.ones(2, 3), torch.tensor([0, 1]))
