@@ -244,3 +244,10 @@ def test_target_gradients_and_check_targets_messages():
                                          r"under torch.no_grad\(\)/inference_mode\) and with "
                                          r"parameters or inputs that require grad$"):
         target_gradients(frozen, torch.ones(2, 3), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("spec", ["nhwc:3", "cnn:2", "vit:x", "vit:1:2"])
+def test_parse_reshape_refuses_other_spellings_naming_the_choices(spec):
+    with pytest.raises(GridcamError, match=rf"^unknown reshape rule {spec!r}; use none, vit, vit:P "
+                                           r"\(P class tokens\) or nhwc$"):
+        parse_reshape(spec)
