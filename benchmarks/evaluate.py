@@ -61,8 +61,8 @@ from gridcam import cam, models
 from gridcam.data import synthetic
 from gridcam.data.imagenet import ImageNetValLoc
 from gridcam.data.transforms import eval_transform
-from gridcam.engine.evaluate import EvalConfig, evaluate
-from gridcam.engine.scoring import spg_uniforms
+from gridcam.evaluation.loop import EvalConfig, evaluate
+from gridcam.evaluation.scoring import spg_uniforms
 
 #: pointing-game pairs whose hit may differ between the loops (float rounding at an argmax tie)
 PG_FLIPS = 2

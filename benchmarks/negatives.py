@@ -2,7 +2,7 @@
 
 When data loading is the bottleneck (small model, real JPEG decoding in DataLoader workers),
 ``--negatives batch`` decodes one image per sample while ``--negatives dataset`` decodes four
-(the sample and its three negatives). This runs ``gridcam.engine.train.train`` for one epoch of
+(the sample and its three negatives). This runs ``gridcam.training.loop.train`` for one epoch of
 each on a synthetic ImageNet-layout set of real JPEGs (written once to a temporary folder) and
 prints ONE JSON line: samples/s of both and their ratio (target >= 2).
 
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gridcam.data import synthetic  # noqa: E402
-from gridcam.engine.train import TrainConfig, train  # noqa: E402
+from gridcam.training.loop import TrainConfig, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

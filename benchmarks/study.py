@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gridcam.engine import study  # noqa: E402
+from gridcam.study import runner as study  # noqa: E402
 
 
 def run_preset(preset: str, out: Path) -> dict:

@@ -3,7 +3,7 @@
 Prints ONE JSON line: {"benchmark": "train_step", "device", "arch", "batch", "size", "plain_s",
 "gc_s", "ratio", ...}. Each figure is the minimum (and the median) over ``--steps`` timed steps (after ``--warmup``
 untimed ones) of a full step: forwards, the single backward, and the SGD update, exactly as
-``gridcam train`` runs it (``gridcam.engine.steps.gc_step``). Plain and GC steps are timed
+``gridcam train`` runs it (``gridcam.training.steps.gc_step``). Plain and GC steps are timed
 alternately so that clock/thermal drift affects both alike.
 
     python benchmarks/train_step.py                        # CPU: resnet18, batch 8, 224 px
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gridcam import models  # noqa: E402
-from gridcam.engine.steps import amp_setup, gc_step  # noqa: E402
+from gridcam.training.steps import amp_setup, gc_step  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -53,7 +53,7 @@ def test_top_level_names_are_the_engines():
     import subprocess
     import sys
 
-    from gridcam.engine.evaluate import EvalConfig, evaluate
+    from gridcam.evaluation.loop import EvalConfig, evaluate
 
     assert gridcam.evaluate is evaluate and gridcam.EvalConfig is EvalConfig
     assert {"evaluate", "EvalConfig"} <= set(gridcam.__all__) and "evaluate" in dir(gridcam)

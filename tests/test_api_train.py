@@ -19,8 +19,8 @@ def test_training_api_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_top_level_names_are_the_engines():
-    from gridcam.engine.train import train
-    from gridcam.engine.train_config import TrainConfig
+    from gridcam.training.loop import train
+    from gridcam.training.config import TrainConfig
 
     assert gridcam.train is train and gridcam.TrainConfig is TrainConfig
     assert {"train", "TrainConfig"} <= set(gridcam.__all__) and "train" in dir(gridcam)

@@ -1,5 +1,5 @@
 """Exact small cases for gridcam.cam.gradcam (explain_gradcam's head-only forward and its fallback,
-upsample's errors) and gridcam.cam.reshape (TokenGrid's grid search and messages, fold of tuple
+upsample's errors) and gridcam.models.reshape (TokenGrid's grid search and messages, fold of tuple
 outputs, GridTap), written against surviving mutants of `make mutation`."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gridcam import cam
-from gridcam.cam.reshape import ChannelsLast, GridTap, TokenGrid, fold, parse_reshape
+from gridcam.models.reshape import ChannelsLast, GridTap, TokenGrid, fold, parse_reshape
 from gridcam.errors import GridcamError
 
 # A hand-made 2-channel 3x3 activation. With global max pooling, d logit_c / dA_k is w_ck at the

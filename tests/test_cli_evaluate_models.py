@@ -12,7 +12,7 @@ import anymodel_nets as nets
 from gridcam import models
 from gridcam.cli import main as cli_main
 from gridcam.data import synthetic
-from gridcam.engine import eval_data
+from gridcam.evaluation import data as eval_data
 
 VIT = "anymodel_nets:tiny_vit"
 

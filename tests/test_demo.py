@@ -3,7 +3,8 @@ reuses everything."""
 
 import json
 
-from gridcam.engine import demo, study
+from gridcam.study import demo
+from gridcam.study import runner as study
 
 TINY = dict(epochs=1, classes=3, train_per_class=6, val_per_class=2, batch_size=6, image_size=64,
             train_image_size=72, val_image_size=96, eval_resize=128, distractors=1, workers=0)

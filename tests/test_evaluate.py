@@ -21,8 +21,9 @@ from gridcam.data.coco import CocoLoc
 from gridcam.data.imagenet import ImageNetValLoc
 from gridcam.data.transforms import eval_transform
 from gridcam.engine import evaluate as E
-from gridcam.engine import forward, pipeline
-from gridcam.engine.records import HEADER_KEY
+from gridcam.evaluation import forward
+from gridcam.evaluation import pipeline
+from gridcam.evaluation.records import HEADER_KEY
 
 RESIZE = 96
 NUM_CLASSES = 4

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from gridcam import models
-from gridcam.engine.steps import gc_step
+from gridcam.training.steps import gc_step
 
 EPS = 1e-8
 

@@ -16,8 +16,8 @@ from torch import nn
 
 import anymodel_nets as nets
 from gridcam import cam, models
-from gridcam.cam.reshape import TokenGrid
-from gridcam.engine.steps import gc_step
+from gridcam.models.reshape import TokenGrid
+from gridcam.training.steps import gc_step
 from gridcam.errors import GridcamError
 
 

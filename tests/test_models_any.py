@@ -14,10 +14,10 @@ from torch import nn
 
 import anymodel_nets as nets
 from gridcam import cam, grid, models
-from gridcam.cam.reshape import ChannelsLast, GridTap, TokenGrid, parse_reshape
+from gridcam.models.reshape import ChannelsLast, GridTap, TokenGrid, parse_reshape
 from gridcam.cli import main as cli_main
 from gridcam.data import synthetic
-from gridcam.engine.steps import gc_step
+from gridcam.training.steps import gc_step
 from gridcam.errors import GridcamError
 
 VIT = "anymodel_nets:tiny_vit"

@@ -1,4 +1,4 @@
-"""gridcam.engine.rng: seed derivation, saving/restoring the global RNG states, restore per rank.
+"""gridcam.runtime.rng: seed derivation, saving/restoring the global RNG states, restore per rank.
 
 Direct unit tests with hand-written references (hashlib, fresh ``random.Random`` /
 ``np.random.RandomState`` generators). The CUDA branches are checked on CPU with a fake
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from gridcam.engine import distributed as du
-from gridcam.engine import rng
+from gridcam.runtime import distributed as du
+from gridcam.runtime import rng
 from gridcam.errors import GridcamError
-from gridcam.engine.rng import derive_seed
+from gridcam.runtime.rng import derive_seed
 
 CPU = torch.device("cpu")
 

@@ -14,7 +14,8 @@ import torch
 
 from gridcam.cli import main as cli_main
 from gridcam.data import synthetic
-from gridcam.engine import study, study_stats
+from gridcam.study import runner as study
+from gridcam.study import stats as study_stats
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -17,8 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from gridcam import cli, data, models
-from gridcam.engine import steps
-from gridcam.engine.train import NonFiniteLoss, TrainConfig, TrainingInterrupted, train
+from gridcam.training import steps
+from gridcam.training.loop import NonFiniteLoss, TrainConfig, TrainingInterrupted, train
 
 REPO = Path(__file__).resolve().parents[1]
 COLORS = [(230, 30, 30), (30, 200, 30), (30, 30, 230), (230, 230, 30)]

@@ -17,12 +17,12 @@ import torch
 
 from gridcam import cli, data, models
 from gridcam.cli import train as cli_train
-from gridcam.engine import checkpoint as ckpt
-from gridcam.engine import distributed as du
-from gridcam.engine import train_epoch
-from gridcam.engine.train import TrainConfig, TrainingInterrupted, train
-from gridcam.engine.train_config import make_scheduler
-from gridcam.engine.train_setup import resolve_pooling, set_up
+from gridcam.runtime import checkpoint as ckpt
+from gridcam.runtime import distributed as du
+from gridcam.training import epoch as train_epoch
+from gridcam.training.loop import TrainConfig, TrainingInterrupted, train
+from gridcam.training.config import make_scheduler
+from gridcam.training.setup import resolve_pooling, set_up
 from gridcam.errors import GridcamError
 from test_train import cfg as train_cfg
 from test_train import log_lines, same, weights

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from gridcam import grid, models
-from gridcam.engine import checkpoint as ckpt
-from gridcam.engine import rng, steps
-from gridcam.engine.logging import EpochLog, jsonable
-from gridcam.engine.rng import derive_seed
-from gridcam.engine.train_config import TrainConfig, lr_milestones, parse_lr_steps
-from gridcam.engine.train_data import ResumableSampler, SeededItems, ShardSampler
+from gridcam.runtime import checkpoint as ckpt
+from gridcam.runtime import rng
+from gridcam.training import steps
+from gridcam.training.log import EpochLog, jsonable
+from gridcam.runtime.rng import derive_seed
+from gridcam.training.config import TrainConfig, lr_milestones, parse_lr_steps
+from gridcam.training.data import ResumableSampler, SeededItems, ShardSampler
 from gridcam.errors import GridcamError
 
 

@@ -1,4 +1,4 @@
-"""Exact cases for gridcam.engine.steps (gc_step's defaults, devices, draws, validity masks and
+"""Exact cases for gridcam.training.steps (gc_step's defaults, devices, draws, validity masks and
 variant; amp_setup's choices), written against surviving mutants of `make mutation`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gridcam import grid, models
-from gridcam.engine import steps
+from gridcam.training import steps
 
 from test_train_steps import _reference_cam, _reference_composite, _reference_target
 

@@ -17,10 +17,10 @@ __version__ = "0.1.0"
 
 #: Top-level name -> "module:attribute", imported on first access (module ``__getattr__``).
 _LAZY: dict[str, str] = {
-    "evaluate": "gridcam.engine.evaluate:evaluate",
-    "EvalConfig": "gridcam.engine.evaluate:EvalConfig",
-    "train": "gridcam.engine.train:train",
-    "TrainConfig": "gridcam.engine.train_config:TrainConfig",
+    "evaluate": "gridcam.evaluation.loop:evaluate",
+    "EvalConfig": "gridcam.evaluation.loop:EvalConfig",
+    "train": "gridcam.training.loop:train",
+    "TrainConfig": "gridcam.training.config:TrainConfig",
 }
 
 __all__ = ["cam", "grid", "metrics", "models", "__version__", *_LAZY]

@@ -12,7 +12,7 @@ The readers never print from inside a worker process on their own account: they 
 :class:`Problem` and a :class:`Collector` in the main process prints it once (the same code, file
 and place are told once however often they are met) and counts it by reason; :meth:`summary`
 gives the counts at the end of a run. Where no collector is active (library use, worker
-processes) :func:`report` falls back to a :class:`gridcam.data.io.DataWarning` carrying the same
+processes) :func:`report` falls back to a :class:`DataWarning` carrying the same
 one-line text, so nothing is lost.
 """
 
@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from typing import IO, Iterator
 
 from gridcam.errors import GridcamError
+
+
+class DataWarning(UserWarning):
+    """A data item was skipped or repaired; the message names the file (see gridcam.problems)."""
 
 #: Stable reason codes -> what they mean and what gridcam does (the README's table lists them).
 REASONS: dict[str, str] = {
@@ -183,8 +187,6 @@ def report(problem: Problem, count: int = 1) -> None:
     if col is not None:
         col.report(problem, count)
         return
-    from gridcam.data.io import DataWarning
-
     warnings.warn(problem.line().removeprefix("gridcam: warning: "), DataWarning, stacklevel=3)
 
 
@@ -199,8 +201,6 @@ def plain_warnings() -> Iterator[None]:
     """Inside the block, a ``DataWarning``, or a ``UserWarning`` raised by gridcam's own code, is
     shown as one line ``gridcam: warning: MESSAGE`` on stderr, without Python's source path and
     line (other warnings keep Python's format). Forked worker processes inherit the format."""
-    from gridcam.data.io import DataWarning
-
     old = warnings.showwarning
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -226,5 +226,5 @@ def reason_counts(problems: list[Problem]) -> dict[str, int]:
     return dict(sorted(Counter(p.code for p in problems).items()))
 
 
-__all__ = ["REASONS", "Problem", "ProblemError", "Collector", "active", "collecting", "report",
+__all__ = ["REASONS", "DataWarning", "Problem", "ProblemError", "Collector", "active", "collecting", "report",
            "note", "plain_warnings", "reason_counts"]

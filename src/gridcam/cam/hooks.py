@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gridcam.cam.reshape import Reshape, fold, parse_reshape
+from gridcam.models.reshape import Reshape, fold, parse_reshape
 
 __all__ = ["Captured", "capture"]
 
@@ -73,7 +73,7 @@ def capture(module: nn.Module, reshape: Reshape | str | None = None) -> Iterator
         module: the layer whose output is wanted (e.g. ``models.cam_layer(model)``). A wrapper
             such as DDP or a compiled module must not be passed here; pass the layer inside it.
         reshape: optional rule turning the output into a (B,K,h,w) grid
-            (:mod:`gridcam.cam.reshape`; a rule or ``"vit"``, ``"vit:P"``, ``"nhwc"``). Then
+            (:mod:`gridcam.models.reshape`; a rule or ``"vit"``, ``"vit:P"``, ``"nhwc"``). Then
             ``feats.output`` is the grid and the model continues from the output rebuilt from it
             (same values), so ``d logits / d feats.output`` exists. Not needed for the CAM layer of
             a model from :func:`gridcam.models.build`: that already is a grid (a ``GridTap``).

@@ -19,7 +19,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``gridcam demo``: the study's quick preset and its report page."""
-    from gridcam.engine import demo
+    from gridcam.study import demo
 
     demo.run(args.out, epochs=args.epochs, lam=args.lam, seeds=args.seeds)
     return 0

@@ -103,9 +103,9 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace, meta: Mapping[str, Any],
                      num_classes: int, model: Any = None) -> Any:
-    """The :class:`~gridcam.engine.evaluate.EvalConfig` of the flags; ``meta`` is what the
+    """The :class:`~gridcam.evaluation.loop.EvalConfig` of the flags; ``meta`` is what the
     checkpoint says about the model (arch, pooling), recorded with the results."""
-    from gridcam.engine.evaluate import EvalConfig
+    from gridcam.evaluation.loop import EvalConfig
     from gridcam.models import info as models_info
 
     record = {
@@ -138,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gridcam import models
-    from gridcam.engine import distributed as D
-    from gridcam.engine.eval_data import build_dataset
-    from gridcam.engine.evaluate import evaluate, model_classes
-    from gridcam.engine.tables import format_table
+    from gridcam.runtime import distributed as D
+    from gridcam.evaluation.data import build_dataset
+    from gridcam.evaluation.loop import evaluate, model_classes
+    from gridcam.evaluation.tables import format_table
     from gridcam.errors import GridcamError
 
     info = D.setup(args.device)

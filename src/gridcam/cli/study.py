@@ -32,7 +32,7 @@ def add_study(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from gridcam.engine import study
+    from gridcam.study import runner as study
 
     if args.markdown:
         print(study.table(study.load(args.markdown)), end="")

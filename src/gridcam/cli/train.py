@@ -1,4 +1,4 @@
-"""``gridcam train imagenet|coco``: flags -> :class:`~gridcam.engine.train_config.TrainConfig` -> :func:`gridcam.train`."""
+"""``gridcam train imagenet|coco``: flags -> :class:`~gridcam.training.config.TrainConfig` -> :func:`gridcam.train`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from gridcam.cli.common import add_model_options
 from gridcam.recipes import recipe
 
 if TYPE_CHECKING:
-    from gridcam.engine.train_config import TrainConfig
+    from gridcam.training.config import TrainConfig
 
 
 #: ``--pretrained`` given without a file (the paper's torchvision flag).
@@ -107,7 +107,7 @@ def _paper_options(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> "TrainConfig":
     """Map the parsed ``gridcam train imagenet|coco`` flags onto a :class:`TrainConfig`."""
-    from gridcam.engine.train_config import TrainConfig, parse_lr_steps
+    from gridcam.training.config import TrainConfig, parse_lr_steps
 
     names = {f.name for f in fields(TrainConfig)} - {"step_callback"}
     kw = {k: v for k, v in vars(args).items() if k in names}
@@ -165,8 +165,8 @@ def main(args: argparse.Namespace) -> int:
     """``gridcam train imagenet|coco DATA ...``: exit 0 when done, 128+signal when interrupted
     (a resumable ``last.pth.tar`` was written), 3 when the loss became non-finite, 2 for a user
     error (one line; ``--num-gpus N`` > 1 outside torchrun: the torchrun command to run)."""
-    from gridcam.engine.logging import fmt
-    from gridcam.engine.train import NonFiniteLoss, TrainingInterrupted, train
+    from gridcam.training.log import fmt
+    from gridcam.training.loop import NonFiniteLoss, TrainingInterrupted, train
 
     paper_flags(args)
     config = config_from_args(args)

@@ -16,7 +16,7 @@ from typing import Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from gridcam.problems import Problem, ProblemError
+from gridcam.problems import DataWarning, Problem, ProblemError
 
 from . import transforms as T
 
@@ -31,10 +31,6 @@ class BadImage(ProblemError):
         problem = path if isinstance(path, Problem) else Problem(code, str(path), str(reason))
         super().__init__(problem)
         self.path, self.code, self.reason = problem.file, problem.code, problem.cause
-
-
-class DataWarning(UserWarning):
-    """A data item was skipped or repaired; the message names the file (see gridcam.problems)."""
 
 
 def warn(message: str) -> None:

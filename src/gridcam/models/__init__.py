@@ -12,20 +12,20 @@ also picks and records the CAM layer and its reshape rule::
 
 from __future__ import annotations
 
-from gridcam.models.adapters import BuiltModel, ModelInfo, build, info, input_config, swap_to_gmp
+from gridcam.models.adapters import BuiltModel, build, input_config, swap_to_gmp
 from gridcam.models.checkpoint import (
     checkpoint_num_classes,
-    create_from_checkpoint,
     guess_arch,
     load_checkpoint,
     load_state_dict,
     read_checkpoint,
 )
+from gridcam.models.factory import create, create_from_checkpoint
+from gridcam.models.info import ModelInfo, info
 from gridcam.models.layers import LayerOutput, get_layer, probe
 from gridcam.models.registry import (
     cam_layer,
     classifier_prefix,
-    create,
     describe,
     list_models,
     register,

@@ -28,7 +28,7 @@ training forwards therefore use the math kernel (:class:`_MathAttention`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gridcam.cam.reshape import GridTap, Reshape, TokenGrid, fold, parse_reshape
+from gridcam.models.reshape import GridTap, Reshape, TokenGrid, fold, parse_reshape
 from gridcam.errors import GridcamError
 from gridcam.models.layers import (
     LayerOutput,
@@ -46,54 +46,18 @@ from gridcam.models.layers import (
     probe,
     reshape_for,
 )
-from gridcam.models.sources import IMAGENET_MEAN, IMAGENET_STD, Defaults, construct, swap_to_gmp
+from gridcam.models.checkpoint import load_checkpoint
+from gridcam.models.info import INFO_ATTR, ModelInfo, info, is_outside
+from gridcam.models.registry import cam_layer as builtin_layer, create_builtin
+from gridcam.models.sources import Defaults, construct, swap_to_gmp
 
 __all__ = ["BuiltModel", "ModelInfo", "attach", "build", "construct", "info", "input_config", "is_outside",
            "swap_to_gmp"]
 
-INFO_ATTR = "_gridcam_info"
-
-
-@dataclass
-class ModelInfo:
-    """What :func:`build` chose, recorded on the model (``models.info(model)``).
-
-    Attributes:
-        arch: the architecture string.
-        cam_layer: dotted path of the CAM layer.
-        reshape: rule making its output a grid (None for a (B,K,h,w) layer).
-        mean, std: normalisation constants of the model's input (timm's pretrained_cfg, a Hugging
-            Face image processor, the model's own ``pretrained_cfg``, else ImageNet's).
-        input_size: the side S the model was probed at (its native input size).
-        fixed_input: True when inputs are resized to S x S (the model cannot take 2S).
-        tap: with a reshape, the :class:`~gridcam.cam.reshape.GridTap` whose output is the grid:
-            the module ``models.cam_layer(model)`` returns.
-    """
-
-    arch: str
-    cam_layer: str
-    reshape: Reshape | None
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    input_size: int = 224
-    fixed_input: bool = False
-    hooks: list[Any] = field(default_factory=list, repr=False, compare=False)
-    tap: GridTap | None = field(default=None, repr=False, compare=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON/checkpoint-friendly record: arch, cam_layer, reshape (``--reshape`` syntax),
-        mean, std, input_size, fixed_input. :func:`gridcam.models.create_from_checkpoint` reads
-        ``cam_layer``, ``reshape`` and ``input_size`` back from a checkpoint's top level."""
-        return {"arch": self.arch, "cam_layer": self.cam_layer,
-                "reshape": str(self.reshape) if self.reshape is not None else "none",
-                "mean": list(self.mean), "std": list(self.std), "input_size": self.input_size,
-                "fixed_input": self.fixed_input}
-
-
 @dataclass
 class BuiltModel:
     """:func:`build`'s result: the model, the module to hook for Grad-CAM (the layer itself, or
-    its :class:`~gridcam.cam.reshape.GridTap` when its output needs a reshape) and the recorded
+    its :class:`~gridcam.models.reshape.GridTap` when its output needs a reshape) and the recorded
     :class:`ModelInfo`."""
 
     model: nn.Module
@@ -119,16 +83,6 @@ class BuiltModel:
     @property
     def input_size(self) -> int:
         return self.info.input_size
-
-
-def is_outside(arch: str) -> bool:
-    """Whether ``arch`` names an outside model (``prefix:name``) rather than a built-in one."""
-    return ":" in arch
-
-
-def info(model: nn.Module) -> ModelInfo | None:
-    """The :class:`ModelInfo` :func:`build` recorded on ``model`` (None for a plain model)."""
-    return getattr(model, INFO_ATTR, None)
 
 
 # ------------------------------------------------------------------------------------- building
@@ -323,13 +277,10 @@ def build(
     Returns:
         :class:`BuiltModel`; its :class:`ModelInfo` is also recorded on ``model``.
     """
-    from gridcam.models.checkpoint import load_checkpoint
-    from gridcam.models.registry import cam_layer as builtin_layer, create
-
     if is_outside(arch):
         model, d = construct(arch, num_classes, pooling)
     else:
-        model, d = create(arch, num_classes=num_classes, pooling=pooling), Defaults()
+        model, d = create_builtin(arch, num_classes=num_classes, pooling=pooling), Defaults()
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     size = int(input_size or d.input_size)

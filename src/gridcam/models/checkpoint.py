@@ -143,36 +143,3 @@ def load_checkpoint(model: nn.Module, path: str | Path, drop_classifier: bool = 
     sd, meta = read_checkpoint(path)
     load_state_dict(model, sd, drop_classifier=drop_classifier, source=str(path))
     return meta
-
-
-def create_from_checkpoint(path: str | Path, arch: str | None = None,
-                           pooling: str | None = None, *, cam_layer: str | None = None,
-                           reshape: Any = "auto", input_size: int | None = None,
-                           mean: Any = None, std: Any = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the model a checkpoint describes and load it -> (model, metadata).
-
-    The number of classes comes from the file. ``arch``/``pooling`` default to what the file records
-    (our checkpoints store them), else ``arch`` is guessed from the keys and shapes. ``arch`` may be
-    an outside model (``timm:NAME``, ``MODULE:FACTORY`` ...); ``cam_layer``, ``reshape``,
-    ``input_size``, ``mean`` and ``std`` (default: the file's own entries of those names, as
-    training records them from ``ModelInfo.as_dict()``, else automatic) are passed to
-    :func:`gridcam.models.build`, which records them on the model (``models.info(model)``).
-    """
-    from gridcam.models.adapters import build
-
-    sd, meta = read_checkpoint(path)
-    arch = arch or meta.get("arch") or guess_arch(sd)
-    if arch is None:
-        raise GridcamError(f"cannot tell the architecture of {path}; pass it with -a/--arch")
-    pooling = pooling or meta.get("pooling") or "avg"
-    # What training recorded (ModelInfo.as_dict()) unless overridden.
-    cam_layer = cam_layer or meta.get("cam_layer")
-    if reshape == "auto" and isinstance(meta.get("reshape"), str) and cam_layer == meta.get("cam_layer"):
-        reshape = meta["reshape"]
-    input_size = input_size or meta.get("input_size")
-    built = build(str(arch), num_classes=checkpoint_num_classes(sd), pooling=str(pooling),
-                  cam_layer=cam_layer, reshape=reshape, input_size=input_size,
-                  mean=mean if mean is not None else meta.get("mean"),
-                  std=std if std is not None else meta.get("std"))
-    load_state_dict(built.model, sd, source=str(path))
-    return built.model, meta

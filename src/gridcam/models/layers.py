@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gridcam.cam.reshape import ChannelsLast, Reshape, TokenGrid
+from gridcam.models.reshape import ChannelsLast, Reshape, TokenGrid
 from gridcam.errors import GridcamError
 
 __all__ = ["LayerOutput", "default_cam_layer", "format_layers", "get_layer", "prefix_tokens", "probe",

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from gridcam.errors import GridcamError
+from gridcam.models.info import info
+from gridcam.models.layers import get_layer
 from gridcam.models.alexnet_vgg import VGG_CFGS, VGG, AlexNet
 from gridcam.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -34,20 +36,9 @@ def describe(name: str) -> str:
     return _REGISTRY[name][1]
 
 
-def create(name: str, num_classes: int = 1000, pooling: str = "avg") -> nn.Module:
-    """Build an architecture, randomly initialised.
-
-    ``name``: a built-in name, or an outside model (``torchvision:NAME``, ``timm:NAME``,
-    ``hf:NAME_OR_PATH``, ``MODULE:FACTORY``; see :func:`gridcam.models.build`, whose choice of CAM
-    layer and reshape is recorded on the model, so :func:`cam_layer` finds it).
-    ``pooling``: "avg" (standard) or "max" (the paper's GMP; built-in ResNets, and outside models
-    whose head is global pooling + linear). Raises GridcamError for an unknown name or an
-    unsupported pooling.
-    """
-    if ":" in name:
-        from gridcam.models.adapters import build
-
-        return build(name, num_classes=num_classes, pooling=pooling).model
+def create_builtin(name: str, num_classes: int = 1000, pooling: str = "avg") -> nn.Module:
+    """Build a registered (built-in) architecture, randomly initialised; :func:`gridcam.models.create`
+    also takes outside models. Raises GridcamError for an unknown name or an unsupported pooling."""
     if name not in _REGISTRY:
         raise GridcamError(f"unknown architecture {name!r}; choose one of: {', '.join(_REGISTRY)}")
     if pooling not in ("avg", "max"):
@@ -116,9 +107,6 @@ def cam_layer(model: nn.Module, name: str | None = None) -> nn.Module:
     (B,K,h,w) grid), else ResNet ``layer4``, AlexNet/VGG ``features``. Works for torchvision's own
     models too (same attribute names) and through DDP wrappers.
     """
-    from gridcam.models.adapters import info
-    from gridcam.models.layers import get_layer
-
     m = unwrap(model)
     if name is not None:
         return get_layer(m, name)
@@ -147,5 +135,5 @@ def classifier_prefix(model: nn.Module) -> str:
 def shapes_on_meta(name: str, num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a registered architecture's state dict, built on the meta device (no memory)."""
     with torch.device("meta"):
-        model = create(name, num_classes=num_classes)
+        model = create_builtin(name, num_classes=num_classes)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -37,7 +37,7 @@ def write_report(path: str | Path, title: str, tables: Mapping[str, tuple[Sequen
     for caption, img in dict(images).items():
         rel = os.path.relpath(Path(img), path.parent)
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(rel)}'>")
-    from gridcam.engine.checkpoint import atomic_file
+    from gridcam.runtime.files import atomic_file
 
     with atomic_file(path, "w") as f:
         f.write("\n".join(parts))

@@ -271,7 +271,7 @@ def _num_outputs(model: torch.nn.Module) -> int:
 def write_page(path: Path, title: str, runs: Sequence[Run], rows: list, text: str,
                figures: Sequence[tuple[str, Path, str]]) -> Path:
     """The HTML page; pictures are linked relative to it."""
-    from gridcam.engine.checkpoint import atomic_file
+    from gridcam.runtime.files import atomic_file
 
     e = html.escape
     parts = [f"<!doctype html><html lang='en'><meta charset='utf-8'><title>{e(title)}</title>",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from gridcam.engine.records import read_jsonl
+from gridcam.runtime.files import read_jsonl
 from gridcam.errors import GridcamError
 from gridcam.report.summary import Row
 

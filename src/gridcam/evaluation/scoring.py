@@ -7,7 +7,7 @@ seeded per image from (seed, the image's identity), see :func:`spg_uniforms`), h
 on (seed, image key: file name / COCO image id), so they depend neither on batching, ranks or
 resumption nor on the other files of the folder or ``--limit``. Classification counts (top-1/top-5
 or multi-label P/R/F1) come from the same forward. Every scored or skipped pair and every image
-yields a per-image record (:mod:`gridcam.engine.records`); the data layer's problems (reason codes,
+yields a per-image record (:mod:`gridcam.evaluation.records`); the data layer's problems (reason codes,
 :mod:`gridcam.problems`) are reported here, in the main process, and tallied in the totals.
 """
 
@@ -22,7 +22,7 @@ import torch
 from gridcam import metrics as M
 from gridcam import problems as P
 from gridcam.data.identity import key_seed
-from gridcam.engine.totals import Evaluation
+from gridcam.evaluation.totals import Evaluation
 
 __all__ = ["Scoring", "score_group", "spg_uniforms", "unreadable"]
 
@@ -81,7 +81,7 @@ def score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: list
     """Score one group of images (one forward) into ``ev``; return its per-image records.
 
     ``targets`` (B,T) long, ``counts`` each image's real T, ``explained`` ``{method: (heat
-    (B,T,h',w'), logits (B,C))}`` (:func:`gridcam.engine.forward.forward_group`). Classification
+    (B,T,h',w'), logits (B,C))}`` (:func:`gridcam.evaluation.forward.forward_group`). Classification
     uses the first method's logits (every method sees the same images).
     """
     uniforms = ([spg_uniforms(sc.seed, str(it["key"]), c, sc.samples)

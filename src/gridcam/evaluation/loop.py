@@ -5,13 +5,13 @@ pass at batch size 1 that recomputes Grad-CAM. Here one pass computes, for every
 explanation method, every requested metric, plus the classification scores (top-1/top-5 for
 ImageNet, per-class and overall P/R/F1 for COCO) from the same forward. One call flows through:
 
-- :mod:`gridcam.engine.pipeline`: the batch plan (images of equal transformed size together),
+- :mod:`gridcam.evaluation.pipeline`: the batch plan (images of equal transformed size together),
   loader threads or processes, and on small CPU hosts the model one batch ahead in a thread;
-- :mod:`gridcam.engine.forward`: the model stage, explaining a group of equal-size images (fast
+- :mod:`gridcam.evaluation.forward`: the model stage, explaining a group of equal-size images (fast
   Grad-CAM route, micro-batches, oneDNN max-pool; bit-identical heatmaps);
-- :mod:`gridcam.engine.scoring`: heatmaps -> PG / SPG / CH per (image, class) pair, classification;
-- :mod:`gridcam.engine.totals`: integer counts, merged exactly across ranks and resumed runs;
-- :mod:`gridcam.engine.records`: the per-image JSON-lines file (header, resume, ranks' parts).
+- :mod:`gridcam.evaluation.scoring`: heatmaps -> PG / SPG / CH per (image, class) pair, classification;
+- :mod:`gridcam.evaluation.totals`: integer counts, merged exactly across ranks and resumed runs;
+- :mod:`gridcam.evaluation.records`: the per-image JSON-lines file (header, resume, ranks' parts).
 
 Distributed (``torchrun``): the batch plan is the same on every rank and batches are dealt
 round-robin; the SPG random numbers depend only on (seed, image key), the image's identity (file
@@ -40,14 +40,16 @@ import torch
 from torch import nn
 
 from gridcam import problems as P
-from gridcam.engine import distributed as D
-from gridcam.engine import forward as F
-from gridcam.engine import pipeline, records, scoring
-from gridcam.engine.pipeline import plan_batches
-from gridcam.engine.records import atomic_write_json
-from gridcam.engine.scoring import spg_uniforms
-from gridcam.engine.tables import format_table
-from gridcam.engine.totals import METRICS, Evaluation, new_totals
+from gridcam.runtime import distributed as D
+from gridcam.evaluation import forward as F
+from gridcam.evaluation import pipeline
+from gridcam.evaluation import records
+from gridcam.evaluation import scoring
+from gridcam.evaluation.pipeline import plan_batches
+from gridcam.runtime.files import atomic_write_json
+from gridcam.evaluation.scoring import spg_uniforms
+from gridcam.evaluation.tables import format_table
+from gridcam.evaluation.totals import METRICS, Evaluation, new_totals
 from gridcam.errors import GridcamError
 
 __all__ = [

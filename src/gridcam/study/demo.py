@@ -2,7 +2,7 @@
 
 1. writes the synthetic ImageNet-style dataset of the preset (real JPEGs, real VOC XML) — or reuses it;
 2. trains the paper's four rows (Baseline, Ours: GC, GMP, Ours: GMP + GC) for one seed with the
-   same data and schedule, through the training engine (:mod:`gridcam.engine.study`);
+   same data and schedule, through the training engine (:mod:`gridcam.study.runner`);
 3. scores every model with the pointing game, the stochastic pointing game and the content
    heatmap, for Grad-CAM and the gradient-based methods, in one pass each;
 4. writes ``OUT/study.json``, ``OUT/study.md`` and ``OUT/report/index.html``: the page of
@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gridcam.engine import study
+from gridcam.study import runner as study
 
 METHODS = study.METHODS
 

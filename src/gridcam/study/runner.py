@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from gridcam.engine import study_stats
+from gridcam.study import stats as study_stats
 from gridcam.errors import GridcamError
 
 __all__ = ["ROWS", "PRESETS", "StudyConfig", "Row", "Stage", "config_for", "run_study", "train_row",
@@ -212,10 +212,10 @@ def _stamp(save_dir: Path, what: dict[str, Any]) -> None:
 def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir: Path) -> Path:
     """Train (or resume, or reuse) one stage for one seed; return its last checkpoint.
 
-    The ONE call into ``gridcam.engine.train`` (adjust here if its API changes).
+    The ONE call into ``gridcam.training.loop`` (adjust here if its API changes).
     """
-    from gridcam.engine import train as train_engine
-    from gridcam.engine.checkpoint import checkpoint_name
+    from gridcam.training import loop as train_engine
+    from gridcam.runtime.checkpoint import checkpoint_name
 
     last = save_dir / checkpoint_name(stage.epochs)
     _stamp(save_dir, {"recipe": c.recipe(), "seed": seed, "lam": stage.lam, "gmp": stage.gmp,
@@ -256,13 +256,13 @@ def evaluate_row(c: StudyConfig, checkpoint: Path, data_root: Path, seed: int,
                  run_dir: Path | None = None) -> dict[str, Any]:
     """Score one checkpoint with every metric and method in one pass.
 
-    The ONE call into ``gridcam.engine.evaluate``. With ``run_dir``, the full ``results.json`` and
+    The ONE call into ``gridcam.evaluation.loop``. With ``run_dir``, the full ``results.json`` and
     the per-image records (``per_image.jsonl``) are written there too, so ``gridcam report`` can
     compare the rows image by image.
     """
     from gridcam import data, models
     from gridcam.data.transforms import eval_transform
-    from gridcam.engine.evaluate import EvalConfig, evaluate
+    from gridcam.evaluation.loop import EvalConfig, evaluate
 
     model, _ = models.create_from_checkpoint(checkpoint)
     info = models.info(model)
@@ -330,7 +330,7 @@ def run_one(c: StudyConfig, row: Row, seed: int, root: Path, out: Path) -> dict[
     res = evaluate_row(c, ckpt, root, seed, run_dir)
     rec = {"row": row.name, "seed": seed, "recipe": c.recipe(), "numbers": _numbers(res, c.methods),
            "seconds": {"train": round(t1 - t0, 1), "evaluate": round(time.perf_counter() - t1, 1)}}
-    from gridcam.engine.evaluate import atomic_write_json
+    from gridcam.runtime.files import atomic_write_json
 
     atomic_write_json(run_dir / "eval.json", rec)
     return rec
@@ -395,7 +395,7 @@ def _run_study(c: StudyConfig) -> dict[str, Any]:
         "summary_note": f"mean ± 95% t-interval over {c.seeds} seed(s); italic rows: paired differences",
         "seconds": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    from gridcam.engine.evaluate import atomic_write_json
+    from gridcam.runtime.files import atomic_write_json
 
     atomic_write_json(out / "study.json", study)
     (out / "study.md").write_text(table(study))

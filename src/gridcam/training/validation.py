@@ -1,6 +1,6 @@
 """Classification metrics on the validation set during training (top-1/top-5 or multi-label F1).
 
-Not the explanation metrics (pointing game and co.): those are :mod:`gridcam.engine.evaluate`.
+Not the explanation metrics (pointing game and co.): those are :mod:`gridcam.evaluation.loop`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from gridcam import problems
-from gridcam.engine import distributed as du
-from gridcam.engine.steps import classification_loss
+from gridcam.runtime import distributed as du
+from gridcam.training.steps import classification_loss
 from gridcam.metrics import MultiLabelCounts, TopKCounts, topk_correct
 
 __all__ = ["score", "validate"]

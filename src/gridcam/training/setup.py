@@ -3,17 +3,15 @@
 :func:`set_up` reads the checkpoint to resume first (it fixes the run seed), then builds the data
 loaders, the model (its random init too comes from the run seed), the optimizer, the learning-rate
 schedule and AMP, and puts a resumed run's optimizer/schedule back. The result is one
-:class:`Run`, which the loop (:mod:`gridcam.engine.train`) and one epoch
-(:mod:`gridcam.engine.train_epoch`) read.
+:class:`Run`, which the loop (:mod:`gridcam.training.loop`) and one epoch
+(:mod:`gridcam.training.epoch`) read.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,54 +19,17 @@ import torch
 from torch import nn
 
 from gridcam import __version__, models
-from gridcam.engine import checkpoint as ckpt
-from gridcam.engine import distributed as du
-from gridcam.engine.rng import derive_seed
-from gridcam.engine.steps import amp_setup
-from gridcam.engine.train_config import TrainConfig, make_scheduler
-from gridcam.engine.train_data import Datasets, Loaders, build_datasets, build_loaders
+from gridcam.runtime import checkpoint as ckpt
+from gridcam.training import resume as rs
+from gridcam.training.run import Run
+from gridcam.runtime import distributed as du
+from gridcam.runtime.rng import derive_seed
+from gridcam.training.steps import amp_setup
+from gridcam.training.config import TrainConfig, make_scheduler
+from gridcam.training.data import Datasets, build_datasets, build_loaders
 from gridcam.errors import GridcamError
 
 __all__ = ["Run", "resolve_pooling", "set_up"]
-
-
-@dataclass
-class Run:
-    """A training run, set up. ``model`` is the bare module (checkpoints, validation, CAM layer);
-    ``net`` is what the steps call (DDP-wrapped under ``torchrun``). The loop updates ``best``
-    (best validation score so far, -inf before any) and ``last_saved`` (the last checkpoint
-    written or resumed from). ``state``: the resumed checkpoint, None for a fresh run."""
-
-    c: TrainConfig
-    info: du.DistInfo
-    save_dir: Path
-    per_rank: int
-    seed: int
-    resume: str | None
-    state: dict[str, Any] | None
-    ds: Datasets
-    loaders: Loaders
-    model: nn.Module
-    net: nn.Module
-    layer: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: Any
-    autocast: Callable[[], Any]
-    meta: dict[str, Any]
-    start_epoch: int = 0
-    start_step: int = 0
-    best: float = -math.inf
-    last_saved: Path | None = None
-
-    @property
-    def multi_label(self) -> bool:
-        return self.ds.multi_label
-
-    @property
-    def grid_batches(self) -> bool:
-        """Batches carry loader-side negatives (``--negatives dataset`` with λ > 0)."""
-        return self.c.negatives == "dataset" and self.c.lam > 0
 
 
 def set_up(c: TrainConfig, info: du.DistInfo) -> Run:
@@ -84,11 +45,11 @@ def set_up(c: TrainConfig, info: du.DistInfo) -> Run:
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    resume, state = ckpt.open_resume(c, save_dir, rank0)
+    resume, state = rs.open_resume(c, save_dir, rank0)
     if state is not None:
         c = _recorded_model_options(c, state)
     ds = build_datasets(c, rank0)
-    if state is not None and ckpt.is_transfer(c, state, ds.num_classes):
+    if state is not None and rs.is_transfer(c, state, ds.num_classes):
         # The paper's COCO command passes its ImageNet checkpoint as --resume: an initialisation.
         if rank0:
             print(f"gridcam: --resume {resume} has {ckpt.state_classes(state)} classes, this COCO run "
@@ -96,7 +57,7 @@ def set_up(c: TrainConfig, info: du.DistInfo) -> Run:
                   f"the paper's COCO script does (same as --init {resume})", file=sys.stderr)
         c = replace(c, resume=None, init=resume)
         resume, state = None, None
-    seed = ckpt.run_seed(c, state, rank0)
+    seed = rs.run_seed(c, state, rank0)
     loaders = build_loaders(c, ds, seed, info, per_rank)
     model, net, layer, pooling = _build_model(c, ds, info, seed, resume, state)
     optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.wd)
@@ -115,7 +76,7 @@ def set_up(c: TrainConfig, info: du.DistInfo) -> Run:
               optimizer, scheduler, scaler, autocast, meta, last_saved=Path(resume) if resume else None)
     if state is not None and not c.evaluate:
         assert resume is not None
-        run.start_epoch, run.start_step, run.best = ckpt.restore_training(
+        run.start_epoch, run.start_step, run.best = rs.restore_training(
             state, c, resume, optimizer, scheduler, scaler)
     return run
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from gridcam.engine.forward import MODEL_BOUND_MACS_PER_PIXEL, profile_model
+from gridcam.evaluation.forward import MODEL_BOUND_MACS_PER_PIXEL, profile_model
 from gridcam.errors import GridcamError
 from gridcam.problems import Problem
 
@@ -127,7 +127,7 @@ def prestack(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Stack the images of each shape group once, in the loader thread (off the model's thread).
 
     Every readable item gets ``"_stacked"`` (its group's (B,3,h,w) tensor, shared) and its
-    ``"image"`` becomes a view into it; :func:`gridcam.engine.forward.forward_group` uses the
+    ``"image"`` becomes a view into it; :func:`gridcam.evaluation.forward.forward_group` uses the
     stacked tensor as is when its group is exactly that one (groups are formed the same way, in
     item order).
     """
@@ -266,7 +266,7 @@ def model_ahead(batches: Iterator[list[dict[str, Any]]], model: nn.Module, devic
                 forward: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
                 ) -> Iterator[Iterator[list[dict[str, Any]]]]:
     """Yield the batches to score: on small CPU hosts with ``forward`` (the model stage,
-    :func:`gridcam.engine.forward.precompute`) already applied, one batch ahead, in a thread.
+    :func:`gridcam.evaluation.forward.precompute`) already applied, one batch ahead, in a thread.
 
     Small CPU hosts: a three-stage pipeline. The model runs in its own thread one batch ahead of
     the main thread's scoring (one intra-op thread: its ops are small and an idle OpenMP team

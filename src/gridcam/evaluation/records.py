@@ -15,30 +15,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 
 from gridcam import metrics as M
-from gridcam.engine import distributed as D
-from gridcam.engine.checkpoint import atomic_file
-from gridcam.engine.totals import Evaluation
+from gridcam.runtime import distributed as D
+from gridcam.runtime.files import read_jsonl
+from gridcam.evaluation.totals import Evaluation
 from gridcam.errors import GridcamError
 from gridcam.problems import Problem
 
-__all__ = ["HEADER_KEY", "PerImageWriter", "append_parts", "atomic_write_json", "make_header", "read_jsonl",
+__all__ = ["HEADER_KEY", "PerImageWriter", "append_parts", "make_header",
            "merge_parts", "part_path", "prepare_resume", "start_or_resume"]
 
 HEADER_KEY = "gridcam_per_image"
 #: 2: reason codes in ``skipped``, ``file``/``where``/``problems``, SPG seeded by image key.
 FORMAT_VERSION = 2
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (never a half-written file)."""
-    with atomic_file(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
 
 
 def make_header(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -73,22 +66,6 @@ class PerImageWriter:
 def part_path(path: Path, rank: int, world: int) -> Path:
     """The file this rank appends to: ``path`` itself in a single process, else its rank's part."""
     return path if world == 1 else path.with_name(f"{path.name}.part{rank}")
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Parsed JSON objects of a JSON-lines file (per-image records, ``train_log.jsonl``); blank
-    lines and a torn (unparsable) line of an interrupted write are ignored."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the tail of an interrupted write
-            if isinstance(rec, dict):
-                yield rec
 
 
 def _skip_problem(rec: Mapping[str, Any]) -> Problem:

@@ -1,9 +1,9 @@
 """One training epoch: batches to the device, one Grad-CAM consistency step each, running numbers.
 
-:func:`run_epoch` is the inner loop of :mod:`gridcam.engine.train`. Per batch: move it to the
+:func:`run_epoch` is the inner loop of :mod:`gridcam.training.loop`. Per batch: move it to the
 device (a rank whose batch had no readable image repeats its last batch with zero weight, so every
 DDP rank still runs the backward), seed the step's in-batch negatives/quadrants by (seed, epoch,
-step, rank), :func:`gridcam.engine.steps.gc_step`, backward, one host sync in which all ranks agree
+step, rank), :func:`gridcam.training.steps.gc_step`, backward, one host sync in which all ranks agree
 on "the loss is not finite" and "a stop signal arrived", then the optimizer step. A stop signal
 ends the epoch with a resumable ``last.pth.tar``.
 """
@@ -23,14 +23,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gridcam import problems
-from gridcam.engine import checkpoint as ckpt
-from gridcam.engine import distributed as du
-from gridcam.engine.logging import Progress, print_skipped
-from gridcam.engine.rng import derive_seed, restore_rng
-from gridcam.engine.steps import StepResult, gc_step
-from gridcam.engine.stopping import NonFiniteLoss, StopFlag, StopRequested, TrainingInterrupted
-from gridcam.engine.train_config import StepInfo
-from gridcam.engine.train_setup import Run
+from gridcam.runtime import checkpoint as ckpt
+from gridcam.training.resume import save_run
+from gridcam.runtime import distributed as du
+from gridcam.training.log import Progress, print_skipped
+from gridcam.runtime.rng import derive_seed, restore_rng
+from gridcam.training.steps import StepResult, gc_step
+from gridcam.runtime.stopping import NonFiniteLoss, StopFlag, StopRequested, TrainingInterrupted
+from gridcam.training.config import StepInfo
+from gridcam.training.run import Run
 from gridcam.errors import GridcamError
 
 __all__ = ["run_epoch"]
@@ -46,7 +47,7 @@ def run_epoch(r: Run, loader: DataLoader, epoch: int, step0: int, stop: StopFlag
     training stats (summed over ranks). Raises TrainingInterrupted (after writing
     ``last.pth.tar``) when ``stop`` was raised, NonFiniteLoss when the loss is not finite.
 
-    ``rng``: the generator states a mid-epoch checkpoint saved (:func:`gridcam.engine.rng.gather_rng`),
+    ``rng``: the generator states a mid-epoch checkpoint saved (:func:`gridcam.runtime.rng.gather_rng`),
     put back once the loader's iterator exists: creating it draws the workers' base seed from
     the global torch generator, a draw the interrupted run made at the start of the epoch, before
     its states were saved (restoring first would shift every later dropout mask by one draw)."""
@@ -271,6 +272,6 @@ def _epoch_stats(r: Run, meter: Tensor, skipped: int, reasons: list[problems.Pro
 def _save_last(r: Run, epoch: int, steps_done: int) -> Path:
     """Write the resumable ``last.pth.tar`` of an epoch stopped after ``steps_done`` steps."""
     path = r.save_dir / ckpt.LAST_NAME
-    ckpt.save_run(r, path, epoch, steps_done, None)
+    save_run(r, path, epoch, steps_done, None)
     du.barrier()
     return path

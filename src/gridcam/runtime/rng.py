@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gridcam.engine import distributed as du
+from gridcam.runtime import distributed as du
 from gridcam.errors import GridcamError
 
 __all__ = ["derive_seed", "gather_rng", "restore_rng", "rng_state", "seed_globals", "set_rng_state"]

@@ -33,7 +33,7 @@ __all__ = ["CPU_ACTIVATION_BUDGET", "MODEL_BOUND_MACS_PER_PIXEL", "ModelProfile"
 CPU_ACTIVATION_BUDGET = 4_500_000
 #: Small CPU hosts: a model above this many MACs per input pixel gets all intra-op threads in the
 #: pipelined model stage, a lighter one a single thread (see
-#: :func:`gridcam.engine.pipeline.model_ahead`).
+#: :func:`gridcam.evaluation.pipeline.model_ahead`).
 MODEL_BOUND_MACS_PER_PIXEL = 5000.0
 
 #: Explanations of one group: targets (B,T), each image's real T, {method: (heat, logits)}.
@@ -254,7 +254,7 @@ def forward_group(items: list[dict[str, Any]], model: nn.Module, layer: nn.Modul
 def _stacked_images(items: list[dict[str, Any]], model: nn.Module,
                     device: torch.device) -> torch.Tensor:
     """(B,3,h,w) images of a group on ``device``: the loader's stacked tensor when it is exactly
-    this group (:func:`gridcam.engine.pipeline.prestack`), else stacked here."""
+    this group (:func:`gridcam.evaluation.pipeline.prestack`), else stacked here."""
     B = len(items)
     # Inputs in the model's dtype (a float64 model makes results independent of the batch size:
     # its batch-size-dependent rounding is far below the float32 the heatmaps are computed in).

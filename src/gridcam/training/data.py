@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from gridcam import data
-from gridcam.engine import distributed as du
-from gridcam.engine.rng import derive_seed
-from gridcam.engine.train_config import TrainConfig
+from gridcam.runtime import distributed as du
+from gridcam.runtime.rng import derive_seed
+from gridcam.training.config import TrainConfig
 from gridcam.errors import GridcamError
 from gridcam.problems import Problem
 

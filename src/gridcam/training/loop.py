@@ -5,18 +5,18 @@ as a single process or under ``torchrun`` (DistributedDataParallel):
 
 * data: ``DATA/train/<class>/*`` (+ ``DATA/val``) for ImageNet-style runs, ``DATA/train2014`` +
   ``DATA/annotations/instances_train2014.json`` (+ val2014) for COCO-style runs;
-* loss per batch: :func:`gridcam.engine.steps.gc_step` (CE or ``80 * BCE``, plus ``lambda * L_gc``);
+* loss per batch: :func:`gridcam.training.steps.gc_step` (CE or ``80 * BCE``, plus ``lambda * L_gc``);
 * SGD with the paper's step schedule (or cosine), validation every epoch, checkpoints as DESIGN.md
   says (atomic writes), exact ``--resume``, SIGTERM/SIGINT -> resumable ``last.pth.tar``, a
   non-finite loss stops the run and leaves the last good checkpoint untouched;
 * rank 0 writes checkpoints, ``train_log.jsonl``, TensorBoard events and the progress bar.
 
-The parts, each in its own module: the configuration (:mod:`~gridcam.engine.train_config`), the
-data plumbing (:mod:`~gridcam.engine.train_data`), set-up (:mod:`~gridcam.engine.train_setup`),
-one epoch (:mod:`~gridcam.engine.train_epoch`), validation (:mod:`~gridcam.engine.validation`),
-checkpoints and resume (:mod:`~gridcam.engine.checkpoint`), seeds and RNG state
-(:mod:`~gridcam.engine.rng`), stopping early (:mod:`~gridcam.engine.stopping`) and what is printed
-and logged (:mod:`~gridcam.engine.logging`).
+The parts, each in its own module: the configuration (:mod:`~gridcam.training.config`), the
+data plumbing (:mod:`~gridcam.training.data`), set-up (:mod:`~gridcam.training.setup`),
+one epoch (:mod:`~gridcam.training.epoch`), validation (:mod:`~gridcam.training.validation`),
+checkpoints and resume (:mod:`~gridcam.runtime.checkpoint`), seeds and RNG state
+(:mod:`~gridcam.runtime.rng`), stopping early (:mod:`~gridcam.runtime.stopping`) and what is printed
+and logged (:mod:`~gridcam.training.log`).
 
 Reproducibility: every random choice derives from one run seed (``seed``, else drawn once and
 stored in the checkpoints): the sampler's permutation (seed + epoch, as DistributedSampler), each
@@ -37,15 +37,17 @@ from typing import Any
 
 import torch
 
-from gridcam.engine import checkpoint as ckpt
-from gridcam.engine import distributed as du
-from gridcam.engine.logging import EpochLog, format_val, print_epoch
-from gridcam.engine.rng import seed_globals
-from gridcam.engine.stopping import NonFiniteLoss, StopFlag, TrainingInterrupted
-from gridcam.engine.train_config import StepInfo, TrainConfig, check_config
-from gridcam.engine.train_epoch import run_epoch
-from gridcam.engine.train_setup import Run, set_up
-from gridcam.engine.validation import score, validate
+from gridcam.runtime import checkpoint as ckpt
+from gridcam.training.resume import save_run
+from gridcam.runtime import distributed as du
+from gridcam.training.log import EpochLog, format_val, print_epoch
+from gridcam.runtime.rng import seed_globals
+from gridcam.runtime.stopping import NonFiniteLoss, StopFlag, TrainingInterrupted
+from gridcam.training.config import StepInfo, TrainConfig, check_config
+from gridcam.training.epoch import run_epoch
+from gridcam.training.run import Run
+from gridcam.training.setup import set_up
+from gridcam.training.validation import score, validate
 from gridcam.errors import GridcamError
 
 __all__ = ["NonFiniteLoss", "StepInfo", "TrainConfig", "TrainingInterrupted", "train"]
@@ -155,7 +157,7 @@ def _end_epoch(r: Run, epoch: int, lr: float, stats: dict[str, Any], metrics: di
     if value is not None and value > r.best:
         r.best = value
     path = r.save_dir / ckpt.checkpoint_name(epoch + 1)
-    ckpt.save_run(r, path, epoch + 1, 0, metrics)
+    save_run(r, path, epoch + 1, 0, metrics)
     if r.info.is_main and is_best:
         ckpt.copy_atomic(path, r.save_dir / ckpt.BEST_NAME)
     du.barrier()
