@@ -108,6 +108,13 @@ class _Excite(torch.autograd.Function):
         return x * out, None, None, None, None, None
 
 
+def _split(grad: Tensor, a: Tensor, b: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+    """The residual sum's excitation rule: ``p_a = a/(a+b) p``, ``p_b = b/(a+b) p`` (0 where the
+    sum is 0)."""
+    ratio = grad / torch.where(out == 0, torch.ones_like(out), out)
+    return a * ratio, b * ratio
+
+
 class _ExciteSum(torch.autograd.Function):
     """``a + b`` (a residual connection) whose backward splits ``p`` in proportion:
     ``p_a = a/(a+b) p``, ``p_b = b/(a+b) p``."""
@@ -120,9 +127,26 @@ class _ExciteSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        a, b, out = ctx.saved_tensors
-        ratio = grad / torch.where(out == 0, torch.ones_like(out), out)
-        return a * ratio, b * ratio
+        return _split(grad, *ctx.saved_tensors)
+
+
+class _ExciteSumInPlace(torch.autograd.Function):
+    """``a += b`` / ``a.add_(b)`` (torchvision's and timm's residual sums, written in place) with
+    :class:`_ExciteSum`'s proportional backward. ``a`` is modified in place as the model expects
+    (``mark_dirty``); its value before the sum is kept for the split, so the result equals the
+    out-of-place rule exactly."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor) -> Tensor:
+        before = a.detach().clone()
+        a.add_(b)
+        ctx.mark_dirty(a)
+        ctx.save_for_backward(before, b, a)
+        return a
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return _split(grad, *ctx.saved_tensors)
 
 
 class _PassThrough(torch.autograd.Function):
@@ -141,7 +165,8 @@ _RELUS = {F.relu, torch.relu, Tensor.relu}
 _WEIGHTED = {F.conv1d, F.conv2d, F.conv3d, F.linear}
 _POOLS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
           F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d}
-_ADDS = {torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__, Tensor.__iadd__}
+_ADDS = {torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__}
+_IN_PLACE_ADDS = {Tensor.add_, Tensor.__iadd__}
 
 
 class _RuleMode(TorchFunctionMode):
@@ -179,9 +204,10 @@ class _RuleMode(TorchFunctionMode):
             return _Excite.apply(args[0], None, func, tuple(args[1:]), kwargs, {})
         if func is F.batch_norm:
             return _PassThrough.apply(args[0], func, tuple(args[1:]), kwargs)
-        if (func in _ADDS and len(args) == 2 and not kwargs and all(isinstance(a, Tensor) for a in args)
-                and args[0].shape == args[1].shape and args[0].requires_grad and args[1].requires_grad):
-            return _ExciteSum.apply(*args)
+        if ((func in _ADDS or func in _IN_PLACE_ADDS) and len(args) == 2 and not kwargs
+                and all(isinstance(a, Tensor) for a in args) and args[0].shape == args[1].shape
+                and args[0].requires_grad and args[1].requires_grad):
+            return (_ExciteSumInPlace if func in _IN_PLACE_ADDS else _ExciteSum).apply(*args)
         return NotImplemented
 
 
