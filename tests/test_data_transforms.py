@@ -77,14 +77,14 @@ def test_flip_probability_and_determinism():
 
 def test_to_tensor_normalize_values():
     im = Image.fromarray(np.array([[[255, 0, 128], [0, 255, 0]]], np.uint8), "RGB")  # 1x2
-    x = T.ToTensorNormalize()(im)
+    x = T.to_tensor_normalize()(im)
     assert x.shape == (3, 1, 2) and x.dtype == torch.float32 and x.is_contiguous()
     expect = [(1 - .485) / .229, (0 - .456) / .224, (128 / 255 - .406) / .225]
     assert torch.allclose(x[:, 0, 0], torch.tensor(expect), atol=1e-6)
     assert torch.allclose(x[:, 0, 1], torch.tensor([(0 - .485) / .229, (1 - .456) / .224, (0 - .406) / .225]),
                           atol=1e-6)
     assert torch.allclose(T.denormalize(x)[:, 0, 0], torch.tensor([1.0, 0.0, 128 / 255]), atol=1e-6)
-    gray = T.ToTensorNormalize()(Image.new("L", (3, 2), 255))
+    gray = T.to_tensor_normalize()(Image.new("L", (3, 2), 255))
     assert gray.shape == (3, 2, 3)
 
 
@@ -99,17 +99,37 @@ def test_random_resized_crop_size_bounds_and_seed():
     assert all(np.array_equal(a, b) for a, b in zip(outs, again))
     torch.manual_seed(1)
     for _ in range(200):
-        i, j, h, w = T.RandomResizedCrop.get_params(90, 60, (0.08, 1.0), (3 / 4, 4 / 3))
+        i, j, h, w = T.RandomResizedCrop.get_params(_img(90, 60), (0.08, 1.0), (3 / 4, 4 / 3))
         assert 0 < w <= 90 and 0 < h <= 60 and 0 <= i <= 60 - h and 0 <= j <= 90 - w
         assert 0.08 * 5400 * 0.8 <= w * h <= 5400 * 1.0 + 200  # rounding slack
     assert T.RandomResizedCrop((20, 30))(im).size == (30, 20)
 
 
+@pytest.mark.parametrize("cls,args", [(T.RandomResizedCrop, (24,)), (T.RandomResizedCrop, ((20, 30),)),
+                                      (T.Resize, (17,)), (T.Resize, ((10, 30),))])
+def test_plan_then_apply_is_torchvisions_forward(cls, args):
+    """plan() draws the RNG exactly as torchvision's forward() does, from the size alone, and
+    apply() on that plan gives forward()'s pixels: the draft path can choose before decoding."""
+    import torchvision.transforms as tvt
+
+    t = cls(*args)
+    assert isinstance(t, getattr(tvt, cls.__name__))
+    im = _img(90, 60)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        planned = t.apply(im, *t.plan(*im.size))
+        after_plan = torch.rand(1)
+        torch.manual_seed(seed)
+        plain = t(im)
+        assert torch.rand(1) == after_plan  # the same number of draws
+        assert np.array_equal(np.asarray(planned), np.asarray(plain))
+
+
 def test_random_resized_crop_fallback_central_crop():
     # scale > 1 makes all 10 attempts fail: central crop with the aspect ratio clamped to 4/3
-    assert T.RandomResizedCrop.get_params(100, 20, (1.5, 1.5), (3 / 4, 4 / 3)) == (0, 36, 20, 27)
-    assert T.RandomResizedCrop.get_params(20, 100, (1.5, 1.5), (3 / 4, 4 / 3)) == (36, 0, 27, 20)
-    assert T.RandomResizedCrop.get_params(50, 40, (1.5, 1.5), (3 / 4, 4 / 3)) == (0, 0, 40, 50)
+    assert T.RandomResizedCrop.get_params(_img(100, 20), (1.5, 1.5), (3 / 4, 4 / 3)) == (0, 36, 20, 27)
+    assert T.RandomResizedCrop.get_params(_img(20, 100), (1.5, 1.5), (3 / 4, 4 / 3)) == (36, 0, 27, 20)
+    assert T.RandomResizedCrop.get_params(_img(50, 40), (1.5, 1.5), (3 / 4, 4 / 3)) == (0, 0, 40, 50)
 
 
 def test_presets():
@@ -202,9 +222,10 @@ def test_center_crop_property_matches_pad_then_crop(w, h, tw, th):
 @settings(max_examples=40, deadline=None)
 @given(w=st.integers(1, 500), h=st.integers(1, 500), seed=st.integers(0, 2**31 - 1))
 def test_random_resized_crop_property_inside_image(w, h, seed):
+    """The box plan() draws from the size alone lies inside the image and is not empty."""
     torch.manual_seed(seed)
-    i, j, ch, cw = T.RandomResizedCrop.get_params(w, h, (0.08, 1.0), (3 / 4, 4 / 3))
-    assert 0 < cw <= w and 0 < ch <= h and 0 <= i <= h - ch and 0 <= j <= w - cw
+    (left, top, right, bottom), out = T.RandomResizedCrop(8).plan(w, h)
+    assert 0 <= left < right <= w and 0 <= top < bottom <= h and out == (8, 8)
 
 
 def test_eval_transform_never_drafts_but_training_may():

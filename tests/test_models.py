@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+import torchvision
 
 from gridcam import models
 from gridcam.errors import GridcamError
@@ -224,9 +225,17 @@ def test_create_from_checkpoint_reads_classes_and_guesses_arch(tmp_path):
     assert isinstance(m.avgpool, torch.nn.AdaptiveMaxPool2d)
     torch.save(src.state_dict(), tmp_path / "bare.pth")
     m2, _ = models.create_from_checkpoint(tmp_path / "bare.pth")
-    assert type(m2).__name__ == "ResNet" and m2.fc.out_features == 6
+    assert isinstance(m2, torchvision.models.ResNet) and m2.fc.out_features == 6
+    assert [c.out_channels for c in (m2.conv1, m2.layer4[0].conv1)] == [16, 128]  # guessed: tiny_resnet
     with pytest.raises(GridcamError, match="does not exist"):
         models.read_checkpoint(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(GridcamError, match="cannot read checkpoint"):
         models.read_checkpoint(tmp_path / "junk.pth")
+
+
+@pytest.mark.parametrize("name,cls", [("resnet18", "ResNet"), ("resnet50", "ResNet"), ("alexnet", "AlexNet"),
+                                      ("vgg11_bn", "VGG"), ("tiny_resnet", "ResNet")])
+def test_builtins_are_torchvisions_models(name, cls):
+    """The built-in names build torchvision's own classes (tiny_resnet: its ResNet at other widths)."""
+    assert isinstance(models.create(name, num_classes=3), getattr(torchvision.models, cls))

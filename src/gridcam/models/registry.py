@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock
 
 from gridcam.errors import GridcamError
 from gridcam.models.info import info
 from gridcam.models.layers import get_layer
-from gridcam.models.alexnet_vgg import VGG_CFGS, VGG, AlexNet
-from gridcam.models.resnet import BasicBlock, Bottleneck, ResNet
+from gridcam.models.resnet import WidthResNet, with_pooling
 
 Constructor = Callable[[int, str], nn.Module]
 _REGISTRY: dict[str, tuple[Constructor, str]] = {}
@@ -48,9 +49,10 @@ def create_builtin(name: str, num_classes: int = 1000, pooling: str = "avg") -> 
     return _REGISTRY[name][0](num_classes, pooling)
 
 
-def _resnet(block: type, layers: list[int], **kw: object) -> Constructor:
+def _resnet(name: str) -> Constructor:
+    """torchvision's ``name`` (resnet18 ... resnet152), with the pooling the row asks for."""
     def build(num_classes: int, pooling: str) -> nn.Module:
-        return ResNet(block, layers, num_classes=num_classes, pooling=pooling, **kw)  # type: ignore[arg-type]
+        return with_pooling(getattr(torchvision.models, name)(num_classes=num_classes), pooling)
 
     return build
 
@@ -65,26 +67,20 @@ def _avg_only(name: str, build: Callable[[int], nn.Module]) -> Constructor:
     return constructor
 
 
-for _name, _block, _layers in [
-    ("resnet18", BasicBlock, [2, 2, 2, 2]),
-    ("resnet34", BasicBlock, [3, 4, 6, 3]),
-    ("resnet50", Bottleneck, [3, 4, 6, 3]),
-    ("resnet101", Bottleneck, [3, 4, 23, 3]),
-    ("resnet152", Bottleneck, [3, 8, 36, 3]),
-]:
-    register(_name, f"ResNet ({_block.__name__} {_layers}), torchvision keys, CAM layer layer4")(
-        _resnet(_block, _layers))
+for _name, _blocks in [("resnet18", "BasicBlock [2,2,2,2]"), ("resnet34", "BasicBlock [3,4,6,3]"),
+                       ("resnet50", "Bottleneck [3,4,6,3]"), ("resnet101", "Bottleneck [3,4,23,3]"),
+                       ("resnet152", "Bottleneck [3,8,36,3]")]:
+    register(_name, f"torchvision ResNet ({_blocks}), CAM layer layer4")(_resnet(_name))
 
 register("tiny_resnet", "ResNet BasicBlock [1,1,1,1], widths 16/32/64/128: CPU tests and demos")(
-    _resnet(BasicBlock, [1, 1, 1, 1], widths=(16, 32, 64, 128)))
-register("alexnet", "AlexNet, torchvision keys, CAM layer features (6x6 at 224 px)")(
-    _avg_only("alexnet", lambda n: AlexNet(num_classes=n)))
-for _cfg in VGG_CFGS:
+    lambda n, pooling: with_pooling(WidthResNet(BasicBlock, [1, 1, 1, 1], n, widths=(16, 32, 64, 128)), pooling))
+register("alexnet", "torchvision AlexNet, CAM layer features (6x6 at 224 px)")(
+    _avg_only("alexnet", lambda n: torchvision.models.alexnet(num_classes=n)))
+for _cfg in ("vgg11", "vgg13", "vgg16", "vgg19"):
     for _bn in (False, True):
         _n = _cfg + ("_bn" if _bn else "")
-        register(_n, f"VGG {_cfg[3:]}{' with batch norm' if _bn else ''}, torchvision keys, "
-                     "CAM layer features")(
-            _avg_only(_n, lambda n, c=_cfg, b=_bn: VGG(VGG_CFGS[c], batch_norm=b, num_classes=n)))
+        register(_n, f"torchvision VGG {_cfg[3:]}{' with batch norm' if _bn else ''}, CAM layer features")(
+            _avg_only(_n, lambda n, name=_n: getattr(torchvision.models, name)(num_classes=n)))
 
 
 def unwrap(model: nn.Module) -> nn.Module:

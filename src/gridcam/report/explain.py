@@ -124,7 +124,7 @@ def model_input(image: Image.Image, input_resize: int) -> torch.Tensor:
     s = input_resize / min(w, h)
     s = min(s, MAX_ASPECT * input_resize / max(w, h))
     size = (max(1, round(h * s)), max(1, round(w * s)))
-    return T.Compose([T.Resize(size), T.ToTensorNormalize()], allow_draft=False)(image)[None]
+    return T.Compose([T.Resize(size), T.to_tensor_normalize()], allow_draft=False)(image)[None]
 
 
 def display_image(image: Image.Image) -> Image.Image:

@@ -182,7 +182,7 @@ def training_composite(loaded: Sequence[Loaded], ds, path: Path, size: int) -> P
     from gridcam import cam, grid
     from gridcam.data import transforms as T
 
-    to_tensor = T.Compose([T.Resize((size, size)), T.ToTensorNormalize()], allow_draft=False)
+    to_tensor = T.Compose([T.Resize((size, size)), T.to_tensor_normalize()], allow_draft=False)
     items = _composite_items(ds)
     if items is None:
         return None
