@@ -31,3 +31,30 @@ def test_write_report(tmp_path):
                             images={"maps": tmp_path / "r" / "m.png"})
     text = p.read_text()
     assert "<td>80.00</td>" in text and "&lt;b&gt;" in text and "src='m.png'" in text
+
+
+def test_a_run_started_from_a_pretraining_continues_its_curve(tmp_path):
+    """A run trained from --pretrained X shows X's epochs first (numbered <= 0), so a 2-epoch row
+    of the study is a curve, not two points."""
+    import json
+
+    import torch
+
+    from gridcam.report.plots import curves
+    from gridcam.report.runs import load_run
+
+    pre, row = tmp_path / "pre", tmp_path / "row"
+    pre.mkdir(), row.mkdir()
+    (pre / "train_log.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train": {"loss": 3.0 - e / 4}}) + "\n" for e in range(1, 5)))
+    (pre / "checkpoint_004.pth.tar").write_bytes(b"")
+    (row / "train_log.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train": {"loss": 1.5 - e / 10}}) + "\n" for e in (1, 2)))
+    torch.save({"args": {"pretrained": str(pre / "checkpoint_004.pth.tar")}, "state_dict": {}, "epoch": 2},
+               row / "checkpoint_002.pth.tar")
+    run = load_run(row)
+    xs, ys = curves({"row": run.log})["training loss (total)"]["row"]
+    assert xs == [-3, -2, -1, 0, 1, 2]
+    assert ys == [2.75, 2.5, 2.25, 2.0, 1.4, 1.3]
+    torch.save({"args": {}, "state_dict": {}, "epoch": 2}, row / "checkpoint_002.pth.tar")
+    assert [r["epoch"] for r in load_run(row).log] == [1, 2]  # no start recorded: its own epochs only

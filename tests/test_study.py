@@ -92,6 +92,7 @@ def _fake_engine(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         return {"classification": {"top1": 70.0 - (1 if lam else 0)},
                 "metrics": {k: dict(m) for k in c.methods}}
 
+    monkeypatch.setattr(study.schedule, "default_jobs", lambda on_cpu, units: 1)  # fakes live here only
     monkeypatch.setattr(study, "train_row", fake_train)
     monkeypatch.setattr(study, "evaluate_row", fake_eval)
     monkeypatch.setattr(study, "_data_root", lambda c, out: out)
@@ -252,3 +253,19 @@ def test_a_run_folder_of_another_recipe_is_refused(tmp_path) -> None:
     study._stamp(tmp_path / "r", {"lam": 10.0})  # the same recipe: fine (a resume)
     with pytest.raises(GridcamError, match="different recipe"):
         study._stamp(tmp_path / "r", {"lam": 3.0})
+
+
+@pytest.mark.slow
+def test_units_in_two_processes_give_the_serial_numbers(tmp_path) -> None:
+    """Two spawned processes (one thread each) train and score the units with exactly the numbers
+    one process gets: the study's numbers do not depend on --jobs."""
+    tiny = dict(classes=2, train_per_class=6, val_per_class=2, train_image_size=64, val_image_size=96,
+                image_size=64, eval_resize=96, batch_size=4, pretrain_epochs=1, epochs=1, warmup_steps=0,
+                methods=("gradcam",), distractors=0)
+    study.run_study(study.config_for("quick", out=str(tmp_path / "a"), jobs=1, **tiny))
+    two = study.run_study(study.config_for("quick", out=str(tmp_path / "b"), jobs=2, data=None, **tiny))
+    one = study.load(tmp_path / "a")
+    assert two["summary"]["rows"].keys() == one["summary"]["rows"].keys() and len(one["summary"]["rows"]) == 4
+    for row, cols in one["summary"]["rows"].items():
+        for col, stat in cols.items():
+            assert two["summary"]["rows"][row][col]["values"] == stat["values"], (row, col)

@@ -35,6 +35,6 @@ def main(args: argparse.Namespace) -> int:
                              input_resize=args.input_resize))
     if args.markdown:
         print(res["markdown"])
-    print(res["sentence"])
+    print("".join(f"- {v}\n" for v in res["verdicts"]), end="")
     print(f"report: {res['page']}")
     return 0

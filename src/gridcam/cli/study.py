@@ -24,10 +24,16 @@ def add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda", dest="lam", type=float, default=None, help="GC weight of the GC rows")
     p.add_argument("--rows", default=None,
                    help="comma-separated subset of baseline,gc,gmp,gmp_gc (default: all four)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--out", default="runs/study")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes per training (default: 0)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="trainings run side by side, one process each (default: one per CPU core, one thread "
+                        "each; 1 on a GPU); the numbers do not depend on it")
+    p.add_argument("--out", default="runs/study", help="output folder (default: runs/study)")
     p.add_argument("--markdown", "--table", dest="markdown", metavar="DIR", default=None,
                    help="only print the table of DIR/study.json (nothing is trained)")
+    p.add_argument("--render-readme", metavar="FILE", nargs="?", const="README.md", default=None,
+                   help="only rewrite the <!-- results:NAME --> blocks of FILE (default README.md) from "
+                        "docs/results/NAME.json beside it (nothing is trained)")
     p.set_defaults(func=main)
 
 
@@ -37,10 +43,16 @@ def main(args: argparse.Namespace) -> int:
     if args.markdown:
         print(study.table(study.load(args.markdown)), end="")
         return 0
+    if args.render_readme:
+        from gridcam.study.readme import render_file
+
+        changed = render_file(args.render_readme)
+        print(f"{args.render_readme}: {'rewritten' if changed else 'already up to date'}")
+        return 0
     rows = tuple(r.strip() for r in args.rows.split(",")) if args.rows else None
     config = study.config_for(args.preset, out=args.out, data=args.data, seeds=args.seeds,
                               arch=args.arch, epochs=args.epochs, lr=args.lr, lam=args.lam,
-                              rows=rows, workers=args.workers, progress=None)
+                              rows=rows, workers=args.workers, jobs=args.jobs, progress=None)
     known = {r.slug for r in study.ROWS}
     if not set(config.rows) <= known:
         from gridcam.errors import GridcamError

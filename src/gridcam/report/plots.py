@@ -59,7 +59,8 @@ def plot_curves(logs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Pat
         for name, (xs, ys) in runs.items():
             ax.plot(xs, ys, marker="o", markersize=3, color=colors[name], label=name)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (≤ 0: the pre-training it started from)"
+                      if any(x <= 0 for xs, _ in runs.values() for x in xs) else "epoch", fontsize=9)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     handles, labels = axes[0].get_legend_handles_labels()

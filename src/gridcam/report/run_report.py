@@ -24,7 +24,7 @@ from gridcam.report.names import class_names
 from gridcam.report.overlay import captioned, fit, mask_outline, overlay, sheet, with_colorbar
 from gridcam.report.plots import plot_curves
 from gridcam.report.runs import Run, choose_images, load_run, pair_scores, paired_ci, rows_from_runs
-from gridcam.report.summary import METHOD_NAMES, results_table, sentence
+from gridcam.report.summary import METHOD_NAMES, results_table, sentences
 
 CELL = 200
 
@@ -41,6 +41,8 @@ class ReportConfig:
     method: str = "gradcam"
     title: str | None = None
     input_resize: int | None = None
+    #: verdict lines to show first instead of the computed ones (the study's per-image verdicts)
+    verdicts: Sequence[str] | None = None
 
 
 @dataclass
@@ -217,7 +219,7 @@ def _curves_logs(runs: Sequence[Run]) -> dict[str, list[dict[str, Any]]]:
 
 
 def build(cfg: ReportConfig) -> dict[str, Any]:
-    """Write the page; return ``{"page", "markdown", "sentence", "rows"}``."""
+    """Write the page; return ``{"page", "markdown", "sentence", "verdicts", "rows"}``."""
     from gridcam import cam
 
     if cfg.method not in cam.list_methods():
@@ -231,10 +233,11 @@ def build(cfg: ReportConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     rows = rows_from_runs(runs)
     ci = paired_ci(runs, cfg.method)
-    text = sentence(rows, method=cfg.method, paired_ci=ci)
+    items = list(cfg.verdicts) if cfg.verdicts else sentences(rows, method=cfg.method, paired_ci=ci)
     missing = [r.name for r in runs if r.results is None]
     if missing:
-        text += f" No evaluation results in: {', '.join(missing)}."
+        items.append(f"No evaluation results in: {', '.join(missing)}.")
+    text = " ".join(items)
     figures: list[tuple[str, Path, str]] = []
     curves = plot_curves(_curves_logs(runs), out / "curves.png")
     if curves is not None:
@@ -258,8 +261,9 @@ def build(cfg: ReportConfig) -> dict[str, Any]:
                                 "Grad-CAM consistency compares the model's map of the 2x2 image (u) with the "
                                 "image's own map placed in its quadrant (T)."))
     title = cfg.title or "gridcam report: " + " vs ".join(r.name for r in runs)
-    page = write_page(out / "index.html", title, runs, rows, text, figures)
+    page = write_page(out / "index.html", title, runs, rows, items, figures)
     return {"page": page, "markdown": results_table(rows, "markdown") if rows else "", "sentence": text,
+            "verdicts": items,
             "rows": rows}
 
 
@@ -268,7 +272,7 @@ def _num_outputs(model: torch.nn.Module) -> int:
     return int(last[-1].out_features) if last else 0
 
 
-def write_page(path: Path, title: str, runs: Sequence[Run], rows: list, text: str,
+def write_page(path: Path, title: str, runs: Sequence[Run], rows: list, verdicts: Sequence[str],
                figures: Sequence[tuple[str, Path, str]]) -> Path:
     """The HTML page; pictures are linked relative to it."""
     from gridcam.runtime.files import atomic_file
@@ -277,13 +281,14 @@ def write_page(path: Path, title: str, runs: Sequence[Run], rows: list, text: st
     parts = [f"<!doctype html><html lang='en'><meta charset='utf-8'><title>{e(title)}</title>",
              "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
              "color:#222;line-height:1.4}h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;"
-             "border-bottom:1px solid #ddd}p.summary{font-size:1.05em;background:#f4f7fb;padding:.8em 1em;"
+             "border-bottom:1px solid #ddd}ul.summary{font-size:1.05em;background:#f4f7fb;padding:.8em 1em .8em 2em;"
              "border-left:4px solid #4a7bd0}table{border-collapse:collapse;margin:1em 0;font-size:.92em}"
              "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,td:nth-child(2)"
              "{text-align:left}th{background:#eee}th:first-child,th:nth-child(2){text-align:left}tr.diff td{color:#555;font-style:italic;background:#fafafa}"
              "img{max-width:100%;display:block;margin:.5em 0}.runs td,.runs th{text-align:left}"
              "figcaption{color:#555;font-size:.9em}</style>",
-             f"<h1>{e(title)}</h1>", f"<p class='summary'>{e(text, quote=False)}</p>"]
+             f"<h1>{e(title)}</h1>", "<ul class='summary'>" + "".join(
+                 f"<li>{e(v, quote=False)}</li>" for v in verdicts) + "</ul>"]
     parts.append("<h2>Runs</h2><table class='runs'><tr><th>name</th><th>folder</th><th>weights</th>"
                  "<th>results</th><th>epochs logged</th></tr>" + "".join(
                      f"<tr><td>{e(r.name)}</td><td>{e(str(r.path))}</td><td>{e(r.checkpoint.name if r.checkpoint else '-')}</td>"

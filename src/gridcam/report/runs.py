@@ -97,7 +97,29 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
         run.checkpoint = numbered[-1] if numbered else (best if best.is_file() else None)
     if not run.log and run.results is None:
         raise GridcamError(f"{path}: not a run folder (no train_log.jsonl and no results JSON)")
+    run.log = _pretraining_log(run.checkpoint) + run.log
     return run
+
+
+def _pretraining_log(checkpoint: Path | None) -> list[dict[str, Any]]:
+    """The epoch records of the run a checkpoint started from (``--pretrained``: same classes,
+    e.g. the study's shared pre-training), its epochs numbered before the run's own, so a curve
+    of a short run continues its start's instead of being two or three points. Empty when the
+    checkpoint records no such start or its folder has no ``train_log.jsonl``."""
+    from gridcam.runtime.checkpoint import load
+
+    if checkpoint is None:
+        return []
+    try:
+        start = ((load(checkpoint).get("args") or {}).get("pretrained"))
+    except GridcamError:
+        return []
+    log_file = Path(start).parent / "train_log.jsonl" if start else None
+    if log_file is None or not log_file.is_file():
+        return []
+    records = [r for r in read_jsonl(log_file) if isinstance(r.get("epoch"), int) and not r.get("evaluate")]
+    last = max((r["epoch"] for r in records), default=0)
+    return [{**r, "epoch": r["epoch"] - last} for r in records]
 
 
 def rows_from_runs(runs: Sequence[Run]) -> list[Row]:

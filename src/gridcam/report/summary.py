@@ -112,9 +112,16 @@ def sentence(rows: Sequence[Row], method: str | None = None,
     interval of the paired per-image difference to the first model. Claims only differences
     and says whether an interval includes zero; without intervals it says none are available.
     """
+    return " ".join(sentences(rows, method, paired_ci))
+
+
+def sentences(rows: Sequence[Row], method: str | None = None,
+              paired_ci: Mapping[tuple[str, str], tuple[float, float, int]] | None = None) -> list[str]:
+    """:func:`sentence` as a list: one entry per model compared with the first (the report page
+    shows them as a list)."""
     rows = [r for r in rows if not r.difference]
     if not rows:
-        return "No results to compare."
+        return ["No results to compare."]
     methods = list(dict.fromkeys(r.method for r in rows))
     method = method if method in methods else ("gradcam" if "gradcam" in methods else methods[0])
     group = [r for r in rows if r.method == method]
@@ -123,7 +130,7 @@ def sentence(rows: Sequence[Row], method: str | None = None,
     where = f" on {n} validation images" if n else ""
     if len(group) == 1:
         vals = ", ".join(f"{SHORT[k]} {ref.metrics[k]:.2f}" for k in columns([ref]))
-        return f"{ref.name} with {METHOD_NAMES.get(method, method)}{where}: {vals}."
+        return [f"{ref.name} with {METHOD_NAMES.get(method, method)}{where}: {vals}."]
     parts = []
     loc = [k for k in ("stochastic_pointing_game", "content_heatmap", "pointing_game") if k in columns(group)]
     cls = [k for k in ("top1", "f1_overall") if k in columns(group)]
@@ -139,7 +146,7 @@ def sentence(rows: Sequence[Row], method: str | None = None,
         text += "."
         noise = _noise(other.name, loc, paired_ci or {}, n, cls[0] if cls else None)
         parts.append(text + (" " + noise if noise else ""))
-    return " ".join(parts)
+    return parts
 
 
 def _noise(name: str, keys: Sequence[str], paired_ci: Mapping[tuple[str, str], tuple[float, float, int]],

@@ -36,9 +36,8 @@ def run(out: str | Path, **overrides: Any) -> dict[str, Any]:
     rows = [r for r in study.ROWS if r.slug in config.rows]
     page = build(ReportConfig(runs=[str(out / "runs" / r.slug / "seed0") for r in rows],
                               names=[r.name for r in rows], out=str(out / "report"),
-                              input_resize=config.eval_resize,
+                              input_resize=config.eval_resize, verdicts=result.get("verdicts"),
                               title="gridcam demo: the paper's four rows on synthetic data (seed 0)"))
     print(study.table(result), end="")
-    print(page["sentence"])
     print(f"[demo] done in {result['wall_seconds']:.0f}s; report: {page['page']}")
     return result

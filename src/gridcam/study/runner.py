@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from gridcam.study import pairs, schedule
 from gridcam.study import stats as study_stats
 from gridcam.errors import GridcamError
 
@@ -105,11 +106,12 @@ class StudyConfig:
     rows: tuple[str, ...] = tuple(r.slug for r in ROWS)
     device: str | None = None
     progress: bool = False
+    jobs: int | None = None
 
     def recipe(self) -> dict[str, Any]:
         """The fields a finished run or evaluation must match to be reused."""
         d = asdict(self)
-        for k in ("out", "preset", "seeds", "rows", "device", "progress", "workers"):
+        for k in ("out", "preset", "seeds", "rows", "device", "progress", "workers", "jobs"):
             d.pop(k)
         d["methods"] = list(self.methods)
         return d
@@ -318,6 +320,15 @@ def _complete(path: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
     return rec
 
 
+def run_unit(unit: schedule.Unit, c: StudyConfig, root: Path, out: Path) -> list[dict[str, Any]]:
+    """Train and score the rows of one unit (one seed, one pooling), in order: their records."""
+    recs = []
+    for row in unit.rows:
+        print(f"[study] {row.name}, seed {unit.seed}", flush=True)
+        recs.append({**run_one(c, row, unit.seed, root, out), "slug": row.slug})
+    return recs
+
+
 def run_one(c: StudyConfig, row: Row, seed: int, root: Path, out: Path) -> dict[str, Any]:
     """Train and score one (row, seed), or reuse its finished ``eval.json``."""
     run_dir = out / "runs" / row.slug / f"seed{seed}"
@@ -347,9 +358,17 @@ def table(study: dict[str, Any], method: str | None = None) -> str:
     """Markdown of a ``study.json``: the paper-layout table per explanation method."""
     methods = tuple(study["config"]["methods"]) if method is None else (method,)
     parts = []
+    if method is None and study.get("verdicts"):
+        parts.append("".join(f"- {v}\n" for v in study["verdicts"]))
     cols = _columns(methods)
     for m in methods:
-        parts.append(f"**{m}** ({study['summary_note']})\n\n" + study_stats.markdown(study["summary"], cols[m]))
+        md = study_stats.markdown(study["summary"], cols[m])
+        for name, d in study.get("per_image", {}).items():
+            n = d.get(f"{m}/spg", {}).get("n", 0)
+            md += (f"| *{name}, per (image, class) pair, n = {n}* | – | "
+                   + " | ".join(study_stats.cell(d.get(f"{m}/{k}"), signed=True) for k in ("pg", "spg", "ch"))
+                   + " |\n")
+        parts.append(f"**{m}** ({study['summary_note']})\n\n" + md)
     return "\n".join(parts)
 
 
@@ -363,14 +382,17 @@ def run_study(c: StudyConfig) -> dict[str, Any]:
     """
     if c.seeds < 1:
         raise GridcamError(f"--seeds must be >= 1, got {c.seeds}")
-    on_cpu = c.device in (None, "cpu") and not (c.device is None and torch.cuda.is_available())
     threads = torch.get_num_threads()
-    if on_cpu:
+    if _on_cpu(c):
         torch.set_num_threads(1)
     try:
         return _run_study(c)
     finally:
         torch.set_num_threads(threads)
+
+
+def _on_cpu(c: StudyConfig) -> bool:
+    return c.device in (None, "cpu") and not (c.device is None and torch.cuda.is_available())
 
 
 def _run_study(c: StudyConfig) -> dict[str, Any]:
@@ -379,27 +401,40 @@ def _run_study(c: StudyConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     root = _data_root(c, out)
     rows = [r for r in ROWS if r.slug in c.rows]
+    units = schedule.make_units(rows, c.seeds)
+    jobs = c.jobs or schedule.default_jobs(_on_cpu(c), len(units))
+    if jobs > 1:
+        print(f"[study] {len(units)} units (seed x pooling) on {jobs} processes, one thread each", flush=True)
     values: dict[str, dict[str, dict[int, float]]] = {}
     seconds = {}
-    for seed in range(c.seeds):
-        for row in rows:
-            print(f"[study] {row.name}, seed {seed}", flush=True)
-            rec = run_one(c, row, seed, root, out)
-            seconds[f"{row.slug}/seed{seed}"] = rec["seconds"]
+    for recs in schedule.run_units(run_unit, units, jobs, (c, root, out)):
+        for rec in recs:
+            seconds[f"{rec['slug']}/seed{rec['seed']}"] = rec["seconds"]
             for k, v in rec["numbers"].items():
-                values.setdefault(row.name, {}).setdefault(k, {})[seed] = v
+                values.setdefault(rec["row"], {}).setdefault(k, {})[rec["seed"]] = v
     summary = study_stats.summarize(values, PAIRS)
+    run_dirs = {r.name: {s: out / "runs" / r.slug / f"seed{s}" for s in range(c.seeds)} for r in rows}
+    per_image = pairs.per_image_diffs(run_dirs, PAIRS, c.methods)
     study = {
         "config": {**c.recipe(), "preset": c.preset, "seeds": c.seeds, "data_root": str(root)},
         "summary": summary,
+        "per_image": per_image,
+        "verdicts": verdicts(summary, per_image),
         "summary_note": f"mean ± 95% t-interval over {c.seeds} seed(s); italic rows: paired differences",
         "seconds": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
+        "machine": schedule.machine(_on_cpu(c), jobs),
     }
     from gridcam.runtime.files import atomic_write_json
 
     atomic_write_json(out / "study.json", study)
     (out / "study.md").write_text(table(study))
     return study
+
+
+def verdicts(summary: dict[str, Any], per_image: dict[str, Any]) -> list[str]:
+    """One sentence per comparison (per-image intervals of Grad-CAM's SPG and CH, top-1 cost)."""
+    return [pairs.verdict(name, diffs, summary["diffs"].get(name, {}).get("top1"))
+            for name, diffs in per_image.items()]
 
 
 def load(out: str | Path) -> dict[str, Any]:

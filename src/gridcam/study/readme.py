@@ -1,0 +1,61 @@
+"""The README's result tables, rendered from stored study results (never typed by hand).
+
+A block in a Markdown file::
+
+    <!-- results:NAME -->
+    ...anything...
+    <!-- /results -->
+
+is replaced by the tables of ``docs/results/NAME.json`` (a ``study.json`` copied there by the
+person who ran the study), headed by the machine and the wall time it records.
+``gridcam study --render-readme README.md`` rewrites every block; ``tests/test_readme.py`` fails
+when the README differs from that rendering, so a table can only change with its results file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gridcam.errors import GridcamError
+from gridcam.study import runner
+
+__all__ = ["BLOCK", "machine_line", "render", "render_file"]
+
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def machine_line(study: dict) -> str:
+    """``_preset P, S seed(s); CPU (N cores), torch T; W s._`` from a study.json."""
+    cfg, m = study["config"], study.get("machine") or {}
+    where = m.get("device_name") or m.get("cpu") or "an unrecorded machine"
+    cores = f", {m['cores']} cores" if m.get("cores") else ""
+    torch_v = f", torch {m['torch']}" if m.get("torch") else ""
+    jobs = f", {m['jobs']} processes" if m.get("jobs", 1) > 1 else ""
+    wall = study.get("wall_seconds")
+    return (f"_`--preset {cfg.get('preset')}`, {cfg.get('seeds')} seed(s); {where}{cores}{torch_v}{jobs}"
+            + (f"; {wall:.0f} s wall" if wall is not None else "") + "._\n")
+
+
+def render(text: str, results: Path) -> str:
+    """``text`` with every results block rendered from ``results/NAME.json``."""
+    def one(m: re.Match) -> str:
+        path = results / f"{m['name']}.json"
+        if not path.is_file():
+            raise GridcamError(f"{path}: no such results file (named by a <!-- results:{m['name']} --> block)")
+        study = runner.load(path)
+        return m.group(1) + machine_line(study) + "\n" + runner.table(study) + m.group(4)
+
+    return BLOCK.sub(one, text)
+
+
+def render_file(path: str | Path, results: str | Path | None = None) -> bool:
+    """Rewrite the blocks of the Markdown file ``path`` (results: ``docs/results`` beside it);
+    True when the file changed."""
+    path = Path(path)
+    results = Path(results) if results is not None else path.parent / "docs" / "results"
+    old = path.read_text()
+    new = render(old, results)
+    if new != old:
+        path.write_text(new)
+    return new != old
