@@ -269,3 +269,47 @@ def test_units_in_two_processes_give_the_serial_numbers(tmp_path) -> None:
     for row, cols in one["summary"]["rows"].items():
         for col, stat in cols.items():
             assert two["summary"]["rows"][row][col]["values"] == stat["values"], (row, col)
+
+
+def test_rows_are_scored_on_the_pairs_every_row_scored(tmp_path) -> None:
+    """A pair skipped by one row (all-zero heatmap) leaves every row's PG/SPG/CH for that seed."""
+    from gridcam.study import pairs
+
+    def per_image(row, recs):
+        d = tmp_path / row / "seed0"
+        d.mkdir(parents=True)
+        (d / "per_image.jsonl").write_text("".join(json.dumps({"method": "gradcam", **r}) + "\n" for r in recs))
+        return {0: d}
+
+    run_dirs = {
+        "Baseline": per_image("b", [{"index": 0, "class": 0, "pg_hit": True, "spg": 0.6, "ch": 0.5},
+                                    {"index": 1, "class": 1, "pg_hit": False, "spg": 0.2, "ch": 0.1}]),
+        "Ours: GC": per_image("g", [{"index": 0, "class": 0, "skipped": "zero_heatmap"},
+                                    {"index": 1, "class": 1, "pg_hit": True, "spg": 0.4, "ch": 0.3}]),
+    }
+    values = {r: {"gradcam/pg": {0: 1.0}, "gradcam/spg": {0: 1.0}, "gradcam/ch": {0: 1.0}, "top1": {0: 90.0}}
+              for r in run_dirs}
+    counts = pairs.common_pairs(values, run_dirs, ["gradcam"])
+    assert counts == {"gradcam": {0: 1}}
+    assert values["Baseline"]["gradcam/pg"][0] == 0.0 and values["Ours: GC"]["gradcam/pg"][0] == 100.0
+    assert math.isclose(values["Baseline"]["gradcam/spg"][0], 20.0)
+    assert math.isclose(values["Ours: GC"]["gradcam/ch"][0], 30.0) and values["Baseline"]["top1"][0] == 90.0
+    diffs = pairs.per_image_diffs(run_dirs, [("Ours: GC", "Baseline")], ["gradcam"])
+    assert diffs["Ours: GC - Baseline"]["gradcam/spg"]["n"] == 1
+    assert math.isclose(diffs["Ours: GC - Baseline"]["gradcam/spg"]["mean"], 20.0)
+    line = pairs.verdict("Ours: GC - Baseline", diffs["Ours: GC - Baseline"], {"mean": -1.0})
+    assert line.startswith("no clear difference") and "1 (image, class) pairs" in line and "top-1 -1.00" in line
+
+
+def test_verdict_wording() -> None:
+    from gridcam.study import pairs
+
+    up = {"mean": 3.0, "half": 1.0, "n": 50}
+    down = {"mean": -3.0, "half": 1.0, "n": 50}
+    flat = {"mean": 0.5, "half": 1.0, "n": 50}
+    v = lambda spg, ch: pairs.verdict("Ours: GC - Baseline", {"gradcam/spg": spg, "gradcam/ch": ch}, None)
+    assert v(up, up).startswith("Ours: GC localises better than Baseline (gradcam: SPG +3.00 [+2.00, +4.00]")
+    assert v(down, flat).startswith("Ours: GC localises worse than Baseline")
+    assert v(up, flat).startswith("Ours: GC localises better than Baseline on SPG only")
+    assert v(flat, up).startswith("Ours: GC localises better than Baseline on CH only")
+    assert v(up, down).startswith("no clear difference")

@@ -23,7 +23,8 @@ from gridcam.errors import GridcamError
 from gridcam.report.names import class_names
 from gridcam.report.overlay import captioned, fit, mask_outline, overlay, sheet, with_colorbar
 from gridcam.report.plots import plot_curves
-from gridcam.report.runs import Run, choose_images, load_run, pair_scores, paired_ci, rows_from_runs
+from gridcam.report.runs import (Run, choose_images, load_run, on_common_pairs, pair_scores, paired_ci,
+                                 rows_from_runs)
 from gridcam.report.summary import METHOD_NAMES, results_table, sentences
 
 CELL = 200
@@ -231,7 +232,7 @@ def build(cfg: ReportConfig) -> dict[str, Any]:
             r.name = f"{r.path.parent.name}/{r.path.name}"
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = rows_from_runs(runs)
+    rows = on_common_pairs(rows_from_runs(runs), runs)
     ci = paired_ci(runs, cfg.method)
     items = list(cfg.verdicts) if cfg.verdicts else sentences(rows, method=cfg.method, paired_ci=ci)
     missing = [r.name for r in runs if r.results is None]

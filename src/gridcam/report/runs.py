@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -150,6 +150,51 @@ def pair_scores(path: Path, method: str) -> dict[tuple[int, int], dict[str, Any]
     for rec in read_jsonl(path):
         if rec.get("method") == method and "skipped" not in rec and "index" in rec and "class" in rec:
             out[(int(rec["index"]), int(rec["class"]))] = rec
+    return out
+
+
+#: per-image record field -> results key of the localisation metrics
+_RECORD_KEYS = {"pg_hit": "pointing_game", "spg": "stochastic_pointing_game", "ch": "content_heatmap"}
+
+
+def scores_on_pairs(records: Mapping[Any, Mapping[str, Any]], keys: Sequence[Any]) -> dict[str, float]:
+    """PG, SPG and CH (in %, results-file keys) of one model over the pairs ``keys`` of its
+    per-image ``records`` (``key -> record``, the key ending with the class): PG as the paper
+    scores it (mean over classes of hits / pairs), SPG and CH as means over pairs."""
+    out: dict[str, float] = {}
+    hits: dict[int, list[bool]] = {}
+    for k in keys:
+        if "pg_hit" in records[k]:
+            hits.setdefault(int(k[-1]), []).append(bool(records[k]["pg_hit"]))
+    if hits:
+        out["pointing_game"] = 100.0 * sum(sum(h) / len(h) for h in hits.values()) / len(hits)
+    for field in ("spg", "ch"):
+        vals = [float(records[k][field]) for k in keys if field in records[k]]
+        if vals:
+            out[_RECORD_KEYS[field]] = 100.0 * sum(vals) / len(vals)
+    return out
+
+
+def on_common_pairs(rows: Sequence[Row], runs: Sequence[Run]) -> list[Row]:
+    """``rows`` with PG, SPG and CH recomputed, per method, over the (image, class) pairs that
+    EVERY run scored (a pair one model skipped, e.g. for an all-zero heatmap, is left out of every
+    model's mean), and ``pairs`` set to their number. Unchanged when a run has no per-image file."""
+    if len(runs) < 2 or any(r.per_image is None for r in runs):
+        return list(rows)
+    by_name = {r.name: r for r in runs}
+    out = []
+    cache: dict[str, tuple[dict[str, dict], list]] = {}
+    for row in rows:
+        if row.method not in cache:
+            recs = {r.name: pair_scores(r.per_image, row.method) for r in runs}  # type: ignore[arg-type]
+            common = sorted(set.intersection(*(set(v) for v in recs.values())))
+            cache[row.method] = (recs, common)
+        recs, common = cache[row.method]
+        if row.name not in by_name or not common:
+            out.append(row)
+            continue
+        metrics = {**row.metrics, **scores_on_pairs(recs[row.name], common)}
+        out.append(replace(row, metrics=metrics, pairs=len(common)))
     return out
 
 

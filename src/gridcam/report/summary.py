@@ -39,6 +39,9 @@ class Row:
     ci: Mapping[str, float] = field(default_factory=dict)
     difference: bool = False
     images: int | None = None
+    #: the (image, class) pairs every compared model scored, when the localisation metrics were
+    #: recomputed over them (see :func:`gridcam.report.runs.on_common_pairs`)
+    pairs: int | None = None
 
 
 def _cell(row: Row, key: str) -> str:
@@ -70,7 +73,8 @@ def with_differences(rows: Sequence[Row]) -> list[Row]:
             keys = set(ref.metrics) & set(other.metrics)
             out.append(Row(f"Δ {other.name} − {ref.name}", method, {
                 k: other.metrics[k] - ref.metrics[k] for k in keys   # type: ignore[operator]
-                if other.metrics[k] is not None and ref.metrics[k] is not None}, difference=True))
+                if other.metrics[k] is not None and ref.metrics[k] is not None}, difference=True,
+                pairs=ref.pairs if other.pairs == ref.pairs else None))
     return out
 
 
@@ -79,8 +83,10 @@ def results_table(rows: Sequence[Row], fmt: str = "markdown", differences: bool 
     if differences:
         rows = with_differences(rows)
     keys = columns(rows)
-    head = ["Model", "Method", *(COLUMNS[k] for k in keys)]
-    body = [[r.name, METHOD_NAMES.get(r.method, r.method), *(_cell(r, k) for k in keys)] for r in rows]
+    pairs = any(r.pairs is not None for r in rows)
+    head = ["Model", "Method", *(COLUMNS[k] for k in keys), *(["Pairs"] if pairs else [])]
+    body = [[r.name, METHOD_NAMES.get(r.method, r.method), *(_cell(r, k) for k in keys),
+             *([str(r.pairs) if r.pairs is not None else "-"] if pairs else [])] for r in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |",
                  "| --- | --- | " + " | ".join(":---:" for _ in keys) + " |"]
@@ -128,6 +134,8 @@ def sentences(rows: Sequence[Row], method: str | None = None,
     ref = group[0]
     n = ref.images
     where = f" on {n} validation images" if n else ""
+    if ref.pairs is not None and all(r.pairs == ref.pairs for r in group):
+        where += f" (localisation over the {ref.pairs} (image, class) pairs every model scored)"
     if len(group) == 1:
         vals = ", ".join(f"{SHORT[k]} {ref.metrics[k]:.2f}" for k in columns([ref]))
         return [f"{ref.name} with {METHOD_NAMES.get(method, method)}{where}: {vals}."]

@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from gridcam.report.runs import pair_scores
+from gridcam.report.runs import pair_scores, scores_on_pairs
 from gridcam.study.stats import paired
 
-__all__ = ["METRICS", "per_image_diffs", "verdict"]
+__all__ = ["METRICS", "common_pairs", "per_image_diffs", "verdict"]
 
 #: per-image record field -> study metric key
 METRICS = {"pg_hit": "pg", "spg": "spg", "ch": "ch"}
@@ -52,6 +52,31 @@ def per_image_diffs(run_dirs: Mapping[str, Mapping[int, Path]], pairs: Sequence[
                 cols[f"{method}/{key}"] = {k: stat[k] for k in ("mean", "half", "n")}
         result[f"{ours} - {base}"] = cols
     return result
+
+
+_RESULT_TO_STUDY = {"pointing_game": "pg", "stochastic_pointing_game": "spg", "content_heatmap": "ch"}
+
+
+def common_pairs(values: dict[str, dict[str, dict[int, float]]], run_dirs: Mapping[str, Mapping[int, Path]],
+                 methods: Sequence[str]) -> dict[str, dict[int, int]]:
+    """Recompute, in place, each row's PG/SPG/CH of ``values[row]["method/metric"][seed]`` over the
+    (image, class) pairs that EVERY row scored in that seed (a pair one row skipped is left out of
+    all rows' means), from the runs' ``per_image.jsonl``; returns ``{method: {seed: pairs}}``.
+    Seeds where a row has no per-image file keep their own numbers (and are not listed)."""
+    counts: dict[str, dict[int, int]] = {}
+    seeds = sorted(set.intersection(*(set(d) for d in run_dirs.values()))) if run_dirs else []
+    for method in methods:
+        for seed in seeds:
+            files = {row: d[seed] / "per_image.jsonl" for row, d in run_dirs.items()}
+            if not all(f.is_file() for f in files.values()):
+                continue
+            recs = {row: pair_scores(f, method) for row, f in files.items()}
+            common = sorted(set.intersection(*(set(r) for r in recs.values())))
+            counts.setdefault(method, {})[seed] = len(common)
+            for row, r in recs.items():
+                for key, v in scores_on_pairs(r, common).items():
+                    values[row][f"{method}/{_RESULT_TO_STUDY[key]}"][seed] = v
+    return counts
 
 
 def _interval(stat: Mapping[str, Any]) -> str:

@@ -368,7 +368,11 @@ def table(study: dict[str, Any], method: str | None = None) -> str:
             md += (f"| *{name}, per (image, class) pair, n = {n}* | – | "
                    + " | ".join(study_stats.cell(d.get(f"{m}/{k}"), signed=True) for k in ("pg", "spg", "ch"))
                    + " |\n")
-        parts.append(f"**{m}** ({study['summary_note']})\n\n" + md)
+        n = study.get("common_pairs", {}).get(m)
+        note = study["summary_note"] + (
+            f"; PG, SPG and CH over the (image, class) pairs every row scored: {sum(n.values())} "
+            f"in all" if n else "")
+        parts.append(f"**{m}** ({note})\n\n" + md)
     return "\n".join(parts)
 
 
@@ -412,8 +416,9 @@ def _run_study(c: StudyConfig) -> dict[str, Any]:
             seconds[f"{rec['slug']}/seed{rec['seed']}"] = rec["seconds"]
             for k, v in rec["numbers"].items():
                 values.setdefault(rec["row"], {}).setdefault(k, {})[rec["seed"]] = v
-    summary = study_stats.summarize(values, PAIRS)
     run_dirs = {r.name: {s: out / "runs" / r.slug / f"seed{s}" for s in range(c.seeds)} for r in rows}
+    common = pairs.common_pairs(values, run_dirs, c.methods)
+    summary = study_stats.summarize(values, PAIRS)
     per_image = pairs.per_image_diffs(run_dirs, PAIRS, c.methods)
     study = {
         "config": {**c.recipe(), "preset": c.preset, "seeds": c.seeds, "data_root": str(root)},
@@ -421,6 +426,7 @@ def _run_study(c: StudyConfig) -> dict[str, Any]:
         "per_image": per_image,
         "verdicts": verdicts(summary, per_image),
         "summary_note": f"mean ± 95% t-interval over {c.seeds} seed(s); italic rows: paired differences",
+        "common_pairs": common,
         "seconds": seconds, "wall_seconds": round(time.perf_counter() - t0, 1),
         "machine": schedule.machine(_on_cpu(c), jobs),
     }
