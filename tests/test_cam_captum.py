@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gridcam import cam, models
+from reference_checks import close as _close
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -51,11 +52,6 @@ def _abs_max(a: torch.Tensor) -> torch.Tensor:
 
 def _abs_sum(a: torch.Tensor) -> torch.Tensor:
     return a.detach().abs().sum(dim=1)
-
-
-def _close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
-    assert ours.shape == theirs.shape and theirs.abs().sum() > 0
-    torch.testing.assert_close(ours, theirs.float(), rtol=1e-5, atol=1e-5 * float(theirs.abs().max()))
 
 
 def test_input_x_gradient_matches_captum():

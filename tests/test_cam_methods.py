@@ -250,6 +250,23 @@ def test_excitation_backprop_conserves_probability_on_resnet():
     torch.testing.assert_close(heat.sum((2, 3)), torch.ones(3, 2), rtol=1e-5, atol=1e-5)
 
 
+def test_excitation_residual_sum_splits_in_proportion_and_passes_nothing_where_it_is_zero():
+    """``p_a = a/(a+b) p``, ``p_b = b/(a+b) p``, and 0 for both where ``a + b = 0`` (in place and
+    out of place); it once passed ``a p`` and ``b p`` there."""
+    a = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    b = torch.tensor([1.0, 2.0, -1.0], requires_grad=True)
+    for in_place in (False, True):
+        with cam.backward_rules("excitation"):
+            if in_place:
+                total = a.clone()
+                total += b
+            else:
+                total = a + b
+        grads = torch.autograd.grad(total, (a, b), torch.ones(3))
+        torch.testing.assert_close(grads[0], torch.tensor([0.5, 0.0, 1.5]))
+        torch.testing.assert_close(grads[1], torch.tensor([0.5, 0.0, -0.5]))
+
+
 def test_integrated_gradients_completeness():
     """Sum of the attributions = f(x) - f(baseline) (Sundararajan et al.'s completeness axiom).
     A monotone network (positive weights, softplus, positive inputs) makes every attribution >= 0,

@@ -111,7 +111,8 @@ class _Excite(torch.autograd.Function):
 def _split(grad: Tensor, a: Tensor, b: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
     """The residual sum's excitation rule: ``p_a = a/(a+b) p``, ``p_b = b/(a+b) p`` (0 where the
     sum is 0)."""
-    ratio = grad / torch.where(out == 0, torch.ones_like(out), out)
+    zero = out == 0
+    ratio = torch.where(zero, 0.0, grad / torch.where(zero, torch.ones_like(out), out))
     return a * ratio, b * ratio
 
 
