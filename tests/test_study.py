@@ -313,3 +313,16 @@ def test_verdict_wording() -> None:
     assert v(up, flat).startswith("Ours: GC localises better than Baseline on SPG only")
     assert v(flat, up).startswith("Ours: GC localises better than Baseline on CH only")
     assert v(up, down).startswith("no clear difference")
+
+
+def test_a_failing_unit_in_a_worker_process_is_one_line(tmp_path, capfd) -> None:
+    """A unit that fails in its own process stops the study with one line naming the unit, and
+    the worker's own error is one line too (no traceback)."""
+    from gridcam.errors import GridcamError
+
+    c = study.config_for("quick", out=str(tmp_path), seeds=1, methods=("gradcam",))
+    units = study.schedule.make_units(study.ROWS, 1)
+    with pytest.raises(GridcamError, match=r"study unit seed 0 \(Baseline, Ours: GC\) failed"):
+        study.schedule.run_units(study.run_unit, units, 2, (c, tmp_path / "no-data", tmp_path))
+    err = capfd.readouterr().err
+    assert "gridcam: error:" in err and "Traceback" not in err

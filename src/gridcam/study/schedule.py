@@ -11,13 +11,17 @@ so a unit's numbers do not depend on which process ran it, or beside what (check
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
+import pickle
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from gridcam.errors import GridcamError
 
 __all__ = ["Unit", "default_jobs", "make_units", "run_units"]
 
@@ -54,23 +58,57 @@ def default_jobs(on_cpu: bool, units: int) -> int:
     return max(1, min(cpu_cores(), units)) if on_cpu else 1
 
 
-def _one_thread_unit(fn: Callable[..., list[dict[str, Any]]], *args: Any) -> list[dict[str, Any]]:
-    torch.set_num_threads(1)
-    return fn(*args)
-
-
 def run_units(fn: Callable[..., list[dict[str, Any]]], units: Sequence[Unit], jobs: int,
               args: tuple) -> list[list[dict[str, Any]]]:
-    """``fn(unit, *args)`` for every unit -> its records, in the order of ``units``; with
-    ``jobs`` > 1 in that many fresh processes (spawned: no state of this one is inherited), each
-    on one thread. ``fn`` must be importable (a module-level function)."""
+    """``fn(unit, *args)`` for every unit -> its records, in the order of ``units``.
+
+    With ``jobs`` > 1 each unit runs in a fresh interpreter (``python -m gridcam.study.schedule``,
+    at most ``jobs`` at a time, one thread each): nothing of this process is inherited, and the
+    caller's own script is not re-imported (as ``multiprocessing``'s spawn would do, which breaks
+    a script without an ``if __name__ == "__main__"`` guard). ``fn`` must be a module-level
+    function and ``args`` picklable. A unit that fails stops the study with one line naming it.
+    """
     if jobs <= 1 or len(units) <= 1:
         return [fn(u, *args) for u in units]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_one_thread_unit, fn, u, *args) for u in units]
-        return [f.result() for f in futures]
+    with tempfile.TemporaryDirectory(prefix="gridcam-units-") as tmp:
+        pending = list(enumerate(units))
+        running: list[tuple[int, subprocess.Popen, Path]] = []
+        results: dict[int, list[dict[str, Any]]] = {}
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        try:
+            while pending or running:
+                while pending and len(running) < jobs:
+                    i, unit = pending.pop(0)
+                    job = Path(tmp) / f"unit{i}.pkl"
+                    job.write_bytes(pickle.dumps((fn, unit, args)))
+                    proc = subprocess.Popen([sys.executable, "-m", "gridcam.study.schedule", str(job)], env=env)
+                    running.append((i, proc, job))
+                i, proc, job = running.pop(0)
+                if proc.wait() != 0:
+                    raise GridcamError(f"study unit seed {units[i].seed} ({', '.join(r.name for r in units[i].rows)}) "
+                                       f"failed (exit {proc.returncode}; its error is printed above)")
+                results[i] = pickle.loads(job.with_suffix(".out").read_bytes())
+        finally:
+            for _, proc, _ in running:
+                proc.kill()
+        return [results[i] for i in range(len(units))]
 
 
+def _worker(job: str) -> int:
+    """Run one unit written by :func:`run_units` (a file this process's parent made, never a
+    user file) and write its records beside it; a GridcamError is one line, exit 2."""
+    from gridcam import problems
+
+    torch.set_num_threads(1)
+    fn, unit, args = pickle.loads(Path(job).read_bytes())  # noqa: S301 - our own parent's file
+    try:
+        with problems.plain_warnings():
+            records = fn(unit, *args)
+    except GridcamError as exc:
+        print(f"gridcam: error: {exc}", file=sys.stderr)
+        return 2
+    Path(job).with_suffix(".out").write_bytes(pickle.dumps(records))
+    return 0
 
 
 def machine(on_cpu: bool, jobs: int) -> dict[str, Any]:
@@ -86,3 +124,7 @@ def machine(on_cpu: bool, jobs: int) -> dict[str, Any]:
     if not on_cpu and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(0)
     return info
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker(sys.argv[1]))
