@@ -69,6 +69,10 @@ def test_first_epoch_explosion_warns_once(capsys) -> None:
         w(SimpleNamespace(epoch=epoch, step=step, steps_per_epoch=4, optimizer=opt, loss=loss))
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and "exploded in the first epoch (2.00 -> 4.50 at step 3)" in out[0]
+    quiet = study._Warmup(0, 0.1, watch=False)  # a stage from trained weights: no alarm
+    for step, loss in enumerate([0.5, 1.5, 2.0]):
+        quiet(SimpleNamespace(epoch=0, step=step, steps_per_epoch=4, optimizer=opt, loss=loss))
+    assert capsys.readouterr().out == ""
 
 
 # ------------------------------------------------------------------------ the study engine

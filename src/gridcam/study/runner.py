@@ -149,8 +149,10 @@ class _Warmup:
     stepped at epoch ends, then decays from the full rate.
     """
 
-    def __init__(self, n: int, lr: float):
-        self.n, self.lr = n, lr
+    def __init__(self, n: int, lr: float, watch: bool = True):
+        # watch: warn about a first-epoch explosion; only from scratch, since a stage that starts
+        # from trained weights has a small, noisy first loss that doubles by chance
+        self.n, self.lr, self.watch = n, lr, watch
 
     def start_lr(self) -> float:
         return self.lr / (self.n + 1)
@@ -160,7 +162,8 @@ class _Warmup:
 
     def __call__(self, info: Any) -> None:
         s = info.epoch * info.steps_per_epoch + info.step
-        self._watch(info)
+        if self.watch:
+            self._watch(info)
         if s + 1 > self.n:
             return
         lr = self.lr * min(1.0, (s + 2) / (self.n + 1))
@@ -226,7 +229,7 @@ def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir
     if last.is_file():
         return last
     resume = "auto" if any(save_dir.glob("*.pth.tar")) else None
-    callback = _Warmup(stage.warmup_steps, stage.lr)
+    callback = _Warmup(stage.warmup_steps, stage.lr, watch=stage.pretrained is None)
     train_engine.train(train_engine.TrainConfig(
         dataset="imagenet", data=str(data_root), arch=c.arch, batch_size=c.batch_size,
         workers=c.workers, epochs=stage.epochs, lr=callback.start_lr(), wd=c.wd, lam=stage.lam,
