@@ -153,14 +153,14 @@ def test_load_torchvision_style_dict(tmp_path):
 
 def test_load_pre_0_4_1_file_without_bn_counters(tmp_path):
     # torchvision's resnet50-19c8e357.pth predates BatchNorm's num_batches_tracked buffers.
-    src = models.create("tiny_resnet", num_classes=5)
+    src = models.create("resnet18", num_classes=5)
     old = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert len(old) < len(src.state_dict())
     torch.save(old, tmp_path / "old.pth")
-    dst = models.create("tiny_resnet", num_classes=5)
+    dst = models.create("resnet18", num_classes=5)
     models.load_checkpoint(dst, tmp_path / "old.pth")
     assert torch.equal(dst.layer1[0].bn1.running_var, src.layer1[0].bn1.running_var)
-    assert models.guess_arch(old) == "tiny_resnet"
+    assert models.guess_arch(old) == "resnet18"
 
 
 def test_load_paper_style_module_prefixes(tmp_path):
@@ -224,9 +224,11 @@ def test_create_from_checkpoint_reads_classes_and_guesses_arch(tmp_path):
     assert m.fc.out_features == 6 and meta["pooling"] == "max"
     assert isinstance(m.avgpool, torch.nn.AdaptiveMaxPool2d)
     torch.save(src.state_dict(), tmp_path / "bare.pth")
-    m2, _ = models.create_from_checkpoint(tmp_path / "bare.pth")
+    with pytest.raises(GridcamError, match=r"several architectures \(tiny_resnet, tiny_resnet_s16\)"):
+        models.create_from_checkpoint(tmp_path / "bare.pth")  # same weights, other strides
+    m2, _ = models.create_from_checkpoint(tmp_path / "bare.pth", arch="tiny_resnet")
     assert isinstance(m2, torchvision.models.ResNet) and m2.fc.out_features == 6
-    assert [c.out_channels for c in (m2.conv1, m2.layer4[0].conv1)] == [16, 128]  # guessed: tiny_resnet
+    assert [c.out_channels for c in (m2.conv1, m2.layer4[0].conv1)] == [16, 128]
     with pytest.raises(GridcamError, match="does not exist"):
         models.read_checkpoint(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")

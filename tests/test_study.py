@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -202,52 +201,61 @@ def test_val_image_size_and_marker(tmp_path) -> None:
         "val_spurious", "seed"}
 
 
-# ------------------------------------------------------------------- the README's study table
-def _readme_table() -> dict[str, dict[str, float]] | None:
-    if not README.is_file():
-        return None
+# ------------------------------------------------------------------- the README's study tables
+RESULTS = README.parent / "docs" / "results"
+
+
+def test_readme_tables_are_the_stored_results() -> None:
+    """Every results block of the README is the rendering of its stored study.json (so a table
+    changes only with its results file, written by the command the README names)."""
+    from gridcam.study.readme import BLOCK, render
+
     text = README.read_text()
-    m = re.search(r"<!-- study-table:begin -->(.*?)<!-- study-table:end -->", text, re.S)
-    if not m:
-        return None
-    return _parse_table(m.group(1))
+    assert "demo" in [m["name"] for m in BLOCK.finditer(text)], "the README must carry the demo's results"
+    for doc in (README, README.parent / "docs" / "study.md"):
+        text = doc.read_text()
+        assert render(text, RESULTS) == text, f"{doc.name}'s tables differ from docs/results: run gridcam study --render-readme"
 
 
-def _parse_table(md: str) -> dict[str, dict[str, float]]:
-    """The first table (gradcam) of a study markdown: row -> {header: mean}."""
-    rows: dict[str, dict[str, float]] = {}
-    header: list[str] = []
-    for line in md.splitlines():
-        if not line.startswith("|"):
-            if rows:
-                break
-            continue
-        cells = [x.strip() for x in line.strip().strip("|").split("|")]
-        if cells[0] == "Model":
-            header = cells[1:]
-        elif header and not cells[0].startswith(("---", "*")):
-            rows[cells[0]] = {h: float(v.split("±")[0]) for h, v in zip(header, cells[1:]) if v != "–"}
-    return rows
+def test_render_readme_rewrites_blocks(tmp_path) -> None:
+    from gridcam.study.readme import render_file
 
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "x.json").write_text((RESULTS / "demo.json").read_text())
+    doc = tmp_path / "R.md"
+    doc.write_text("intro\n<!-- results:x -->\nstale\n<!-- /results -->\nend\n")
+    assert render_file(doc) is True and render_file(doc) is False
+    body = doc.read_text()
+    assert "stale" not in body and "| Baseline |" in body and body.endswith("<!-- /results -->\nend\n")
+    doc.write_text("<!-- results:missing -->\n<!-- /results -->\n")
+    from gridcam.errors import GridcamError
 
-def test_parse_table_reads_means() -> None:
-    md = "**gradcam**\n\n| Model | Top-1 | PG |\n| --- | :---: | :---: |\n| Baseline | 50.00 | 80.10 ± 1.00 |\n"
-    assert _parse_table(md) == {"Baseline": {"Top-1": 50.0, "PG": 80.1}}
+    with pytest.raises(GridcamError, match="missing.json: no such results file"):
+        render_file(doc)
 
 
 @pytest.mark.slow
-def test_quick_preset_matches_the_readme_table(tmp_path) -> None:
-    """Runs the quick preset (the demo) and checks the README's table within ±2 points."""
-    expected = _readme_table()
-    if expected is None:
-        pytest.skip("README.md has no <!-- study-table:begin --> ... <!-- study-table:end --> markers yet "
-                    "(the README must carry the quick preset's table)")
+def test_quick_preset_keeps_the_readme_claims(tmp_path) -> None:
+    """Reruns the quick preset (the demo) and checks what the README claims from its stored
+    results, not its digits (CPU training differs between CPU types): the rows trained, the
+    baseline learned its task (well above the 16.7 % of chance), GC's per-image SPG and CH gains
+    have intervals above zero, at a bounded top-1 cost."""
+    stored = study.load(RESULTS / "demo.json")
     res = study.run_study(study.config_for("quick", out=str(tmp_path)))
-    got = _parse_table(study.table(res))
-    assert set(got) == set(expected)
-    for row, cols in expected.items():
-        for col, value in cols.items():
-            assert abs(got[row][col] - value) <= 2.0, f"{row} {col}: README {value}, measured {got[row][col]}"
+    assert res["summary"]["rows"].keys() == stored["summary"]["rows"].keys()
+    base = res["summary"]["rows"]["Baseline"]["top1"]["mean"]
+    assert base >= CLAIMS["baseline_top1"], f"Baseline top-1 {base:.2f} < {CLAIMS['baseline_top1']}"
+    d = res["per_image"]["Ours: GC - Baseline"]
+    for key in ("gradcam/spg", "gradcam/ch"):
+        assert d[key]["mean"] - d[key]["half"] > 0, f"GC - Baseline {key}: {d[key]} (interval not above 0)"
+    top1 = res["summary"]["diffs"]["Ours: GC - Baseline"]["top1"]["mean"]
+    assert top1 >= -CLAIMS["gc_top1_cost"], f"GC costs {-top1:.2f} points of top-1"
+
+
+#: what the README says of the demo, on any machine: the stored demo has Baseline top-1 84.3 and
+#: GC - Baseline top-1 +3.7; seeds of this recipe moved top-1 by up to ~5 points (docs/study.md),
+#: hence the margins
+CLAIMS = {"baseline_top1": 75.0, "gc_top1_cost": 5.0}
 
 
 def test_a_run_folder_of_another_recipe_is_refused(tmp_path) -> None:

@@ -31,9 +31,9 @@ def add_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/study", help="output folder (default: runs/study)")
     p.add_argument("--markdown", "--table", dest="markdown", metavar="DIR", default=None,
                    help="only print the table of DIR/study.json (nothing is trained)")
-    p.add_argument("--render-readme", metavar="FILE", nargs="?", const="README.md", default=None,
-                   help="only rewrite the <!-- results:NAME --> blocks of FILE (default README.md) from "
-                        "docs/results/NAME.json beside it (nothing is trained)")
+    p.add_argument("--render-readme", metavar="FILE", nargs="*", default=None,
+                   help="only rewrite the <!-- results:NAME --> blocks of each FILE (default: README.md and "
+                        "docs/study.md) from docs/results/NAME.json (nothing is trained)")
     p.set_defaults(func=main)
 
 
@@ -43,11 +43,11 @@ def main(args: argparse.Namespace) -> int:
     if args.markdown:
         print(study.table(study.load(args.markdown)), end="")
         return 0
-    if args.render_readme:
+    if args.render_readme is not None:
         from gridcam.study.readme import render_file
 
-        changed = render_file(args.render_readme)
-        print(f"{args.render_readme}: {'rewritten' if changed else 'already up to date'}")
+        for path in args.render_readme or ["README.md", "docs/study.md"]:
+            print(f"{path}: {'rewritten' if render_file(path) else 'already up to date'}")
         return 0
     rows = tuple(r.strip() for r in args.rows.split(",")) if args.rows else None
     config = study.config_for(args.preset, out=args.out, data=args.data, seeds=args.seeds,

@@ -84,17 +84,22 @@ def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int:
 
 
 def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """The registered architecture whose keys and (non-classifier) shapes match, or None."""
+    """The registered architecture whose keys and (non-classifier) shapes match, or None;
+    GridcamError when several do (architectures that differ only in strides)."""
     # Files saved before PyTorch 0.4.1 (e.g. torchvision's resnet50-19c8e357.pth) have no
     # BatchNorm ``num_batches_tracked`` counters; they do not tell architectures apart anyway.
     have = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith(_BN_COUNTER)}
+    found = []
     for name in list_models():
         want = {k: v for k, v in shapes_on_meta(name).items() if not k.endswith(_BN_COUNTER)}
         if set(want) == set(have) and all(
             want[k] == have[k] for k in want if not k.startswith(("fc.", "classifier.6."))
         ):
-            return name
-    return None
+            found.append(name)
+    if len(found) > 1:  # same weights, other strides (tiny_resnet, tiny_resnet_s16): cannot tell
+        raise GridcamError(f"the weights fit several architectures ({', '.join(found)}), which differ "
+                           "only in their strides; pass the one it was trained as with -a/--arch")
+    return found[0] if found else None
 
 
 def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],

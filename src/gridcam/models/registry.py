@@ -74,6 +74,9 @@ for _name, _blocks in [("resnet18", "BasicBlock [2,2,2,2]"), ("resnet34", "Basic
 
 register("tiny_resnet", "ResNet BasicBlock [1,1,1,1], widths 16/32/64/128: CPU tests and demos")(
     lambda n, pooling: with_pooling(WidthResNet(BasicBlock, [1, 1, 1, 1], n, widths=(16, 32, 64, 128)), pooling))
+register("tiny_resnet_s16", "tiny_resnet with layer4 at stride 1 (stride 16: 4x4 maps at 64 px): the CPU study")(
+    lambda n, pooling: with_pooling(WidthResNet(BasicBlock, [1, 1, 1, 1], n, widths=(16, 32, 64, 128),
+                                                strides=(1, 2, 2, 1)), pooling))
 register("alexnet", "torchvision AlexNet, CAM layer features (6x6 at 224 px)")(
     _avg_only("alexnet", lambda n: torchvision.models.alexnet(num_classes=n)))
 for _cfg in ("vgg11", "vgg13", "vgg16", "vgg19"):

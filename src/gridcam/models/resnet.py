@@ -35,7 +35,8 @@ def with_pooling(model: ResNet, pooling: str) -> ResNet:
 
 class WidthResNet(ResNet):
     """torchvision's ResNet (conv1, bn1, relu, maxpool, layer1..4, avgpool, fc; CAM layer
-    ``layer4``, (B,C,H/32,W/32)) with stage widths ``widths`` instead of 64/128/256/512.
+    ``layer4``, (B,C,H/s,W/s) with s = :attr:`cam_stride`, 32 by default) with stage widths
+    ``widths`` instead of 64/128/256/512 and stage strides ``strides`` instead of 1/2/2/2.
 
     Modules are created in torchvision's order and initialised by torchvision's rule (Kaiming
     normal fan-out convolutions, unit batch norms), so for the same seed the weights are what
@@ -43,7 +44,8 @@ class WidthResNet(ResNet):
     """
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 1000,
-                 widths: tuple[int, int, int, int] = (64, 128, 256, 512)):
+                 widths: tuple[int, int, int, int] = (64, 128, 256, 512),
+                 strides: tuple[int, int, int, int] = (1, 2, 2, 2)):
         nn.Module.__init__(self)
         self._norm_layer = nn.BatchNorm2d
         self.inplanes, self.dilation, self.groups, self.base_width = widths[0], 1, 1, 64
@@ -51,10 +53,12 @@ class WidthResNet(ResNet):
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, widths[0], layers[0])
-        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
-        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
-        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
+        self.layer1 = self._make_layer(block, widths[0], layers[0], stride=strides[0])
+        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=strides[1])
+        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=strides[2])
+        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=strides[3])
+        #: input pixels per cell of the CAM layer's map (the stem's 4 times the stages' strides)
+        self.cam_stride = 4 * strides[0] * strides[1] * strides[2] * strides[3]
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
         for m in self.modules():

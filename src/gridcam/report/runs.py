@@ -168,10 +168,10 @@ def scores_on_pairs(records: Mapping[Any, Mapping[str, Any]], keys: Sequence[Any
             hits.setdefault(int(k[-1]), []).append(bool(records[k]["pg_hit"]))
     if hits:
         out["pointing_game"] = 100.0 * sum(sum(h) / len(h) for h in hits.values()) / len(hits)
-    for field in ("spg", "ch"):
-        vals = [float(records[k][field]) for k in keys if field in records[k]]
+    for rec_key in ("spg", "ch"):
+        vals = [float(records[k][rec_key]) for k in keys if rec_key in records[k]]
         if vals:
-            out[_RECORD_KEYS[field]] = 100.0 * sum(vals) / len(vals)
+            out[_RECORD_KEYS[rec_key]] = 100.0 * sum(vals) / len(vals)
     return out
 
 

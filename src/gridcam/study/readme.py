@@ -50,10 +50,13 @@ def render(text: str, results: Path) -> str:
 
 
 def render_file(path: str | Path, results: str | Path | None = None) -> bool:
-    """Rewrite the blocks of the Markdown file ``path`` (results: ``docs/results`` beside it);
-    True when the file changed."""
+    """Rewrite the blocks of the Markdown file ``path`` (results: the ``docs/results`` folder of
+    the nearest folder above it, so README.md and docs/*.md both work); True when it changed."""
     path = Path(path)
-    results = Path(results) if results is not None else path.parent / "docs" / "results"
+    if results is None:  # docs/results of the nearest folder above the file that has one
+        here = path.resolve().parent
+        results = next((d / "docs" / "results" for d in (here, *here.parents) if (d / "docs" / "results").is_dir()),
+                       here / "docs" / "results")
     old = path.read_text()
     new = render(old, results)
     if new != old:

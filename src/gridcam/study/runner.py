@@ -117,13 +117,13 @@ class StudyConfig:
         return d
 
 
-_SYNTH_CPU = dict(arch="tiny_resnet", classes=6, train_per_class=60, lookalikes=False, distractors=1,
-                  train_image_size=160, val_image_size=448, image_size=128, eval_resize=256,
-                  batch_size=16, pretrain_epochs=8, pretrain_lr=0.05, warmup_steps=20, epochs=2,
-                  lr=0.01, lam=25.0, gmp_lr_scale=0.1)
+_SYNTH_CPU = dict(arch="tiny_resnet_s16", classes=6, train_per_class=1200, lookalikes=False, distractors=1,
+                  train_image_size=160, val_image_size=448, val_per_class=50, image_size=64, eval_resize=128,
+                  batch_size=16, pretrain_epochs=8, pretrain_lr=0.05, warmup_steps=20, epochs=1, lr=0.01,
+                  lam=25.0, gmp_lr_scale=0.1)
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(_SYNTH_CPU, seeds=1, val_per_class=10),
-    "cpu": dict(_SYNTH_CPU, seeds=3, val_per_class=10, pretrain_epochs=20, epochs=3),
+    "quick": dict(_SYNTH_CPU, seeds=1, train_per_class=600),
+    "cpu": dict(_SYNTH_CPU, seeds=5),
     "gpu": dict(seeds=3, arch="resnet18", epochs=90, lr=0.1, lam=25.0, batch_size=256, image_size=224,
                 eval_resize=448, pretrain_epochs=0, warmup_steps=0, gmp_lr_scale=1.0, workers=8,
                 train_image_size=256, val_image_size=448, classes=100, train_per_class=260,
@@ -459,12 +459,22 @@ def load(out: str | Path) -> dict[str, Any]:
     return study
 
 
+def _cam_stride(arch: str) -> int:
+    """Input pixels per Grad-CAM cell of a built-in architecture (32 when it does not say)."""
+    from gridcam import models
+
+    if ":" in arch or arch not in models.list_models():
+        return 32
+    with torch.device("meta"):
+        return int(getattr(models.create(arch, num_classes=2), "cam_stride", 32))
+
+
 def describe(c: StudyConfig) -> str:
     """One line naming the recipe (printed before a study and stored in the report)."""
     data = c.data or (f"synthetic: {c.classes} classes, {c.train_per_class} train images/class at "
                       f"{c.train_image_size} px, {c.val_per_class} val/class at {c.val_image_size} px, "
                       f"{c.distractors} distractor(s){', lookalike classes' if c.lookalikes else ''}")
-    maps = math.ceil(c.image_size / 32)
+    maps = math.ceil(c.image_size / _cam_stride(c.arch))
     if c.pretrain_epochs:
         sched = (f"shared pre-training {c.pretrain_epochs} epochs (cosine from lr {c.pretrain_lr:g}, "
                  f"{c.warmup_steps} warm-up steps), then {c.epochs} epochs per row from lr {c.lr:g}")
