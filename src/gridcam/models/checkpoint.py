@@ -83,9 +83,8 @@ def checkpoint_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int:
     return int(state_dict[weights[-1]].shape[0])
 
 
-def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """The registered architecture whose keys and (non-classifier) shapes match, or None;
-    GridcamError when several do (architectures that differ only in strides)."""
+def matching_archs(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """The registered architectures whose keys and (non-classifier) shapes match ``state_dict``."""
     # Files saved before PyTorch 0.4.1 (e.g. torchvision's resnet50-19c8e357.pth) have no
     # BatchNorm ``num_batches_tracked`` counters; they do not tell architectures apart anyway.
     have = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith(_BN_COUNTER)}
@@ -96,6 +95,13 @@ def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
             want[k] == have[k] for k in want if not k.startswith(("fc.", "classifier.6."))
         ):
             found.append(name)
+    return found
+
+
+def guess_arch(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The registered architecture whose keys and (non-classifier) shapes match, or None;
+    GridcamError when several do (architectures that differ only in strides)."""
+    found = matching_archs(state_dict)
     if len(found) > 1:  # same weights, other strides (tiny_resnet, tiny_resnet_s16): cannot tell
         raise GridcamError(f"the weights fit several architectures ({', '.join(found)}), which differ "
                            "only in their strides; pass the one it was trained as with -a/--arch")
@@ -129,7 +135,7 @@ def load_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                 f"{source} has {checkpoint_num_classes(sd)} classes but the model has "
                 f"{checkpoint_num_classes(own)}; to fine-tune on a new label set, drop the "
                 "classifier (--init / drop_classifier=True)")
-        guess = guess_arch(sd)
+        guess = " or ".join(matching_archs(sd)) or None
         parts = [f"{len(keys)} {label} keys (e.g. {', '.join(keys[:3])})"
                  for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
         if shape:

@@ -26,15 +26,17 @@ BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /r
 
 
 def machine_line(study: dict) -> str:
-    """``_preset P, S seed(s); CPU (N cores), torch T; W s._`` from a study.json."""
+    """``_preset P, S seed(s); CPU (N cores), torch T; M min of training and evaluation._``."""
     cfg, m = study["config"], study.get("machine") or {}
     where = m.get("device_name") or m.get("cpu") or "an unrecorded machine"
     cores = f", {m['cores']} cores" if m.get("cores") else ""
     torch_v = f", torch {m['torch']}" if m.get("torch") else ""
     jobs = f", {m['jobs']} processes" if m.get("jobs", 1) > 1 else ""
-    wall = study.get("wall_seconds")
+    # the trainings' and evaluations' own seconds (one thread each): unlike the wall time of the
+    # command, they do not shrink when a rerun reuses finished runs
+    work = sum(float(v) for s in (study.get("seconds") or {}).values() for v in s.values())
     return (f"_`--preset {cfg.get('preset')}`, {cfg.get('seeds')} seed(s); {where}{cores}{torch_v}{jobs}"
-            + (f"; {wall:.0f} s wall" if wall is not None else "") + "._\n")
+            + (f"; {work / 60:.1f} min of training and evaluation, one thread each" if work else "") + "._\n")
 
 
 def render(text: str, results: Path) -> str:
