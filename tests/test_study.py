@@ -338,3 +338,20 @@ def test_a_failing_unit_in_a_worker_process_is_one_line(tmp_path, capfd) -> None
         study.schedule.run_units(study.run_unit, units, 2, (c, tmp_path / "no-data", tmp_path))
     err = capfd.readouterr().err
     assert "gridcam: error:" in err and "Traceback" not in err
+
+
+def test_a_unit_is_handed_to_its_process_as_json_not_pickle(tmp_path) -> None:
+    """The worker's job file is JSON naming gridcam objects; it round-trips the study's config,
+    units and paths, and refuses to import anything outside gridcam."""
+    from gridcam.errors import GridcamError
+
+    sched = study.schedule
+    c = study.config_for("quick", out=str(tmp_path), methods=("gradcam",))
+    unit = sched.make_units(study.ROWS, 1)[0]
+    job = [study.run_unit, unit, [c, tmp_path / "data", tmp_path]]
+    text = json.dumps(sched._encode(job))
+    back = sched._decode(json.loads(text))
+    assert back[0] is study.run_unit and back[1] == unit and back[2][0] == c
+    assert back[2][1] == tmp_path / "data" and isinstance(back[2][0].methods, tuple)
+    with pytest.raises(GridcamError, match="not part of gridcam"):
+        sched._decode({"__call__": "os:system"})

@@ -154,7 +154,7 @@ def pair_scores(path: Path, method: str) -> dict[tuple[int, int], dict[str, Any]
 
 
 #: per-image record field -> results key of the localisation metrics
-_RECORD_KEYS = {"pg_hit": "pointing_game", "spg": "stochastic_pointing_game", "ch": "content_heatmap"}
+RECORD_KEYS = {"pg_hit": "pointing_game", "spg": "stochastic_pointing_game", "ch": "content_heatmap"}
 
 
 def scores_on_pairs(records: Mapping[Any, Mapping[str, Any]], keys: Sequence[Any]) -> dict[str, float]:
@@ -171,7 +171,7 @@ def scores_on_pairs(records: Mapping[Any, Mapping[str, Any]], keys: Sequence[Any
     for rec_key in ("spg", "ch"):
         vals = [float(records[k][rec_key]) for k in keys if rec_key in records[k]]
         if vals:
-            out[_RECORD_KEYS[rec_key]] = 100.0 * sum(vals) / len(vals)
+            out[RECORD_KEYS[rec_key]] = 100.0 * sum(vals) / len(vals)
     return out
 
 

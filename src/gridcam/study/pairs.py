@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from gridcam.report.runs import pair_scores, scores_on_pairs
+from gridcam.report.runs import RECORD_KEYS, pair_scores, scores_on_pairs
 from gridcam.study.stats import paired
 
 __all__ = ["METRICS", "common_pairs", "per_image_diffs", "verdict"]
@@ -54,7 +54,7 @@ def per_image_diffs(run_dirs: Mapping[str, Mapping[int, Path]], pairs: Sequence[
     return result
 
 
-_RESULT_TO_STUDY = {"pointing_game": "pg", "stochastic_pointing_game": "spg", "content_heatmap": "ch"}
+_RESULT_TO_STUDY = {RECORD_KEYS[field]: key for field, key in METRICS.items()}  # results key -> study key
 
 
 def common_pairs(values: dict[str, dict[str, dict[int, float]]], run_dirs: Mapping[str, Mapping[int, Path]],

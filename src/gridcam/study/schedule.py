@@ -10,12 +10,13 @@ so a unit's numbers do not depend on which process ran it, or beside what (check
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -66,7 +67,9 @@ def run_units(fn: Callable[..., list[dict[str, Any]]], units: Sequence[Unit], jo
     at most ``jobs`` at a time, one thread each): nothing of this process is inherited, and the
     caller's own script is not re-imported (as ``multiprocessing``'s spawn would do, which breaks
     a script without an ``if __name__ == "__main__"`` guard). ``fn`` must be a module-level
-    function and ``args`` picklable. A unit that fails stops the study with one line naming it.
+    function of a gridcam module and ``args`` made of dataclasses, paths, tuples, lists, dicts and
+    plain values (handed over as JSON, see :func:`_encode`). A unit that fails stops the study with
+    one line naming it.
     """
     if jobs <= 1 or len(units) <= 1:
         return [fn(u, *args) for u in units]
@@ -79,19 +82,63 @@ def run_units(fn: Callable[..., list[dict[str, Any]]], units: Sequence[Unit], jo
             while pending or running:
                 while pending and len(running) < jobs:
                     i, unit = pending.pop(0)
-                    job = Path(tmp) / f"unit{i}.pkl"
-                    job.write_bytes(pickle.dumps((fn, unit, args)))
+                    job = Path(tmp) / f"unit{i}.json"
+                    job.write_text(json.dumps(_encode([fn, unit, list(args)])))
                     proc = subprocess.Popen([sys.executable, "-m", "gridcam.study.schedule", str(job)], env=env)
                     running.append((i, proc, job))
                 i, proc, job = running.pop(0)
                 if proc.wait() != 0:
                     raise GridcamError(f"study unit seed {units[i].seed} ({', '.join(r.name for r in units[i].rows)}) "
                                        f"failed (exit {proc.returncode}; its error is printed above)")
-                results[i] = pickle.loads(job.with_suffix(".out").read_bytes())
+                results[i] = json.loads(job.with_suffix(".out").read_text())
         finally:
             for _, proc, _ in running:
                 proc.kill()
         return [results[i] for i in range(len(units))]
+
+
+def _encode(obj: Any) -> Any:
+    """A unit's function and arguments as JSON: gridcam's module-level functions and dataclasses
+    by name, paths and tuples tagged; everything else must already be plain JSON."""
+    if callable(obj) and not isinstance(obj, type) and not is_dataclass(obj):
+        return {"__call__": f"{obj.__module__}:{obj.__qualname__}"}
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {"__dataclass__": f"{type(obj).__module__}:{type(obj).__qualname__}",
+                "fields": {f.name: _encode(getattr(obj, f.name)) for f in fields(obj)}}
+    if isinstance(obj, Path):
+        return {"__path__": str(obj)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(x) for x in obj]}
+    if isinstance(obj, list):
+        return [_encode(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _encode(v) for k, v in obj.items()}
+    return obj
+
+
+def _named(spec: str) -> Any:
+    """The gridcam object ``module:name`` (nothing outside gridcam is ever imported)."""
+    module, _, name = spec.partition(":")
+    if module != "gridcam" and not module.startswith("gridcam."):
+        raise GridcamError(f"a study unit names {spec!r}, which is not part of gridcam")
+    return getattr(importlib.import_module(module), name)
+
+
+def _decode(obj: Any) -> Any:
+    """Inverse of :func:`_encode`."""
+    if isinstance(obj, list):
+        return [_decode(x) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__call__" in obj:
+        return _named(obj["__call__"])
+    if "__dataclass__" in obj:
+        return _named(obj["__dataclass__"])(**{k: _decode(v) for k, v in obj["fields"].items()})
+    if "__path__" in obj:
+        return Path(obj["__path__"])
+    if "__tuple__" in obj:
+        return tuple(_decode(x) for x in obj["__tuple__"])
+    return {k: _decode(v) for k, v in obj.items()}
 
 
 def _worker(job: str) -> int:
@@ -100,14 +147,14 @@ def _worker(job: str) -> int:
     from gridcam import problems
 
     torch.set_num_threads(1)
-    fn, unit, args = pickle.loads(Path(job).read_bytes())  # noqa: S301 - our own parent's file
+    fn, unit, args = _decode(json.loads(Path(job).read_text()))
     try:
         with problems.plain_warnings():
             records = fn(unit, *args)
     except GridcamError as exc:
         print(f"gridcam: error: {exc}", file=sys.stderr)
         return 2
-    Path(job).with_suffix(".out").write_bytes(pickle.dumps(records))
+    Path(job).with_suffix(".out").write_text(json.dumps(records))
     return 0
 
 
