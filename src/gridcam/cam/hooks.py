@@ -7,7 +7,8 @@ without changing the model's code, and works for any ``nn.Module`` (ours, torchv
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,7 +42,6 @@ class Captured:
         return f"Captured(calls={self.calls}, output_shape={shape})"
 
 
-@torch.compiler.disable
 def _record(feats: Captured, output: Any) -> None:
     """Store the hooked output. Excluded from torch.compile on purpose: the graph break it causes
     makes the CAM-layer output a real tensor between two compiled graphs, so ``d logits / d A``
@@ -49,6 +49,14 @@ def _record(feats: Captured, output: Any) -> None:
     logits do not depend on in autograd's eyes and Grad-CAM would fail."""
     feats.output = output
     feats.calls += 1
+
+
+@functools.cache
+def _recorder() -> Callable[[Captured, Any], None]:
+    """:func:`_record` under ``torch.compiler.disable``, made on the first :func:`capture` (eagerly,
+    never inside a compiled region): the decorator imports torch._dynamo, seconds of start-up that
+    ``gridcam methods`` and ``import gridcam.cam`` need not pay."""
+    return torch.compiler.disable(_record)
 
 
 @contextmanager
@@ -84,14 +92,15 @@ def capture(module: nn.Module, reshape: Reshape | str | None = None) -> Iterator
         raise TypeError(f"capture() needs an nn.Module, got {type(module).__name__}")
     feats = Captured()
     rule = parse_reshape(reshape)
+    store = _recorder()
 
     def record(grid: torch.Tensor) -> torch.Tensor:
-        _record(feats, grid)
+        store(feats, grid)
         return grid
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
         if rule is None:
-            _record(feats, output)
+            store(feats, output)
             return None
         return fold(rule, output, record)
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from gridcam.errors import GridcamError
 from gridcam.models.info import info
 from gridcam.models.layers import get_layer
-from gridcam.models.resnet import WidthResNet, with_pooling
 
 Constructor = Callable[[int, str], nn.Module]
 _REGISTRY: dict[str, tuple[Constructor, str]] = {}
@@ -49,10 +47,30 @@ def create_builtin(name: str, num_classes: int = 1000, pooling: str = "avg") -> 
     return _REGISTRY[name][0](num_classes, pooling)
 
 
+def _torchvision_models() -> ModuleType:
+    """``torchvision.models``, imported on first use: importing torchvision (and torch._dynamo
+    with it) takes seconds, which ``gridcam models`` and ``gridcam methods`` need not wait for."""
+    import torchvision.models
+
+    return torchvision.models
+
+
+def _tiny_resnet(num_classes: int, pooling: str, strides: tuple[int, int, int, int] = (1, 2, 2, 2)) -> nn.Module:
+    """tiny_resnet (BasicBlock [1,1,1,1], widths 16/32/64/128) with the given per-layer strides."""
+    from torchvision.models.resnet import BasicBlock
+
+    from gridcam.models.resnet import WidthResNet, with_pooling
+
+    return with_pooling(WidthResNet(BasicBlock, [1, 1, 1, 1], num_classes, widths=(16, 32, 64, 128),
+                                    strides=strides), pooling)
+
+
 def _resnet(name: str) -> Constructor:
     """torchvision's ``name`` (resnet18 ... resnet152), with the pooling the row asks for."""
     def build(num_classes: int, pooling: str) -> nn.Module:
-        return with_pooling(getattr(torchvision.models, name)(num_classes=num_classes), pooling)
+        from gridcam.models.resnet import with_pooling
+
+        return with_pooling(getattr(_torchvision_models(), name)(num_classes=num_classes), pooling)
 
     return build
 
@@ -73,17 +91,16 @@ for _name, _blocks in [("resnet18", "BasicBlock [2,2,2,2]"), ("resnet34", "Basic
     register(_name, f"torchvision ResNet ({_blocks}), CAM layer layer4")(_resnet(_name))
 
 register("tiny_resnet", "ResNet BasicBlock [1,1,1,1], widths 16/32/64/128: CPU tests and demos")(
-    lambda n, pooling: with_pooling(WidthResNet(BasicBlock, [1, 1, 1, 1], n, widths=(16, 32, 64, 128)), pooling))
+    _tiny_resnet)
 register("tiny_resnet_s16", "tiny_resnet with layer4 at stride 1 (stride 16: 4x4 maps at 64 px): the CPU study")(
-    lambda n, pooling: with_pooling(WidthResNet(BasicBlock, [1, 1, 1, 1], n, widths=(16, 32, 64, 128),
-                                                strides=(1, 2, 2, 1)), pooling))
+    lambda n, pooling: _tiny_resnet(n, pooling, strides=(1, 2, 2, 1)))
 register("alexnet", "torchvision AlexNet, CAM layer features (6x6 at 224 px)")(
-    _avg_only("alexnet", lambda n: torchvision.models.alexnet(num_classes=n)))
+    _avg_only("alexnet", lambda n: _torchvision_models().alexnet(num_classes=n)))
 for _cfg in ("vgg11", "vgg13", "vgg16", "vgg19"):
     for _bn in (False, True):
         _n = _cfg + ("_bn" if _bn else "")
         register(_n, f"torchvision VGG {_cfg[3:]}{' with batch norm' if _bn else ''}, CAM layer features")(
-            _avg_only(_n, lambda n, name=_n: getattr(torchvision.models, name)(num_classes=n)))
+            _avg_only(_n, lambda n, name=_n: getattr(_torchvision_models(), name)(num_classes=n)))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
