@@ -260,7 +260,7 @@ def test_coco_finetune_from_an_imagenet_checkpoint(straight, tmp_path, capsys):
     assert cli.main(["train", "coco", str(coco), "-a", "tiny_resnet", "-b", "4", "-j", "0", "-e",
                      "--resume", str(out / "model_best.pth.tar"), "--save-dir", str(out),
                      "--image-size", "64", "--device", "cpu"]) == 0
-    assert f"F1 overall {line['val']['f1_overall']:.2f}" in capsys.readouterr().err
+    assert f"F1 overall {line['val']['f1_overall']:.2f}" in capsys.readouterr().out
 
 
 def test_user_errors_are_reported_without_traceback(tmp_path, capsys):

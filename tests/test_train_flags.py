@@ -199,7 +199,7 @@ def test_maxpool_through_the_command_and_the_recorded_pooling(im, tmp_path, caps
     capsys.readouterr()
     assert run("imagenet", str(im), *tiny(tmp_path / "e", "-e", "--resume", str(gmp / "checkpoint_001.pth.tar"))) == 0
     top1 = log_lines(gmp)[0]["val"]["top1"]
-    assert f"top-1 {top1:.2f}" in capsys.readouterr().err
+    assert f"top-1 {top1:.2f}" in capsys.readouterr().out
     assert log_lines(tmp_path / "e")[0]["val"] == log_lines(gmp)[0]["val"]
     # --pretrained/--init files record their pooling too; --maxpool against "avg" is an error
     avg = tmp_path / "avg"

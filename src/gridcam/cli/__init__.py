@@ -13,11 +13,16 @@ import sys
 from typing import Sequence
 
 from gridcam.cli import demo, evaluate, explain, layers, misc, report, study, train
+from gridcam.cli.common import Parser
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``gridcam`` parser with every command (a :class:`~gridcam.cli.common.Parser`: one-line
+    argument errors, each option's default in its help)."""
+    parser = Parser(
         prog="gridcam",
-        description="Explainable models with consistent interpretations (Grad-CAM consistency).",
+        description="Explainable models with consistent interpretations (Grad-CAM consistency). "
+                    "docs/cli.md describes the commands and their common flags.",
     )
     from gridcam import __version__
 
@@ -27,11 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
                 explain.add_explain, report.add_report, misc.add_synth, misc.add_coco_negatives,
                 misc.add_models, misc.add_methods, layers.add_layers, misc.add_selfcheck):
         add(sub)
+    _mark_leaves(parser)
     return parser
 
 
+def _mark_leaves(parser: argparse.ArgumentParser) -> None:
+    """Give every command's own parser as the ``_leaf`` default of its namespace, so flags no
+    parser knows are reported by the command they were given to (``gridcam explain: error: ...``)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        parser.set_defaults(_leaf=parser)
+    for action in subs:
+        for child in action.choices.values():
+            _mark_leaves(child)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``gridcam ARGV``: 0 when done, 2 for a user error (one line on stderr, no traceback),
+    130 when interrupted; a command may return another status (``train``: 3, 128+signal)."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        getattr(args, "_leaf", parser).error(f"unrecognized arguments: {' '.join(extras)}")
     from gridcam import problems
     from gridcam.errors import GridcamError
 

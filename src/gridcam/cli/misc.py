@@ -6,6 +6,16 @@ import argparse
 import time
 from pathlib import Path
 
+from gridcam.cli.common import (
+    add_alias,
+    at_least,
+    check_output_dir,
+    check_output_file,
+    fraction,
+    non_negative,
+    positive,
+)
+
 
 # --------------------------------------------------------------------------------------- models
 def add_models(sub: argparse._SubParsersAction) -> None:
@@ -22,41 +32,43 @@ def add_methods(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------ selfcheck
 def add_selfcheck(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("selfcheck", help="a few-second check that models, Grad-CAM and gridding work")
-    p.add_argument("--arch", default="tiny_resnet")
+    p.add_argument("-a", "--arch", default="tiny_resnet", help="architecture to check")
     p.set_defaults(func=selfcheck)
 
 
 # ---------------------------------------------------------------------------------------- synth
+def _synth_common(p: argparse.ArgumentParser, cue: str) -> None:
+    """The options both synthetic layouts share (image size, cue, seed, processes)."""
+    p.add_argument("--image-size", type=at_least(16), default=128, help="side of the square images in px")
+    p.add_argument("--spurious", type=fraction, default=0.0,
+                   help=f"probability that the background carries a cue correlated with {cue}")
+    p.add_argument("--val-spurious", type=fraction, default=None,
+                   help="the same for val images (default: --spurious; 0 = a val set without the cue)")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything drawn")
+    p.add_argument("-j", "--workers", type=positive, default=None,
+                   help="generator processes (default: 1 below 2000 images, else up to 8)")
+
+
 def add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="write a synthetic dataset in the real ImageNet or COCO formats")
-    kinds = p.add_subparsers(dest="kind", required=True)
+    p = sub.add_parser("synth", help="write a synthetic dataset in the real ImageNet or COCO formats",
+                       description="Write a small dataset of drawn shapes on textured backgrounds, in "
+                                   "the real ImageNet or COCO file layout, to try every command without "
+                                   "downloading anything.")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="LAYOUT")
     im = kinds.add_parser("imagenet", help="ImageNet layout: train/<wnid>/*.JPEG, val/*.JPEG + VOC XML")
-    im.add_argument("out")
-    im.add_argument("--classes", type=int, default=10)
-    im.add_argument("--train-per-class", type=int, default=40)
-    im.add_argument("--val-per-class", type=int, default=10)
-    im.add_argument("--image-size", type=int, default=128)
-    im.add_argument("--spurious", type=float, default=0.0,
-                    help="probability that the background carries a cue correlated with the class")
-    im.add_argument("--val-spurious", type=float, default=None,
-                    help="the same for val images (default: --spurious; 0 = a val set without the cue)")
-    im.add_argument("--seed", type=int, default=0)
-    im.add_argument("--workers", type=int, default=None,
-                    help="generator processes (default: 1 below 2000 images, else up to 8)")
+    im.add_argument("out", help="folder to write (created; checked before anything is drawn)")
+    im.add_argument("--classes", type=positive, default=10, help="number of classes")
+    add_alias(im, "--num-classes", dest="classes", type=positive)
+    im.add_argument("--train-per-class", type=positive, default=40, help="training images per class")
+    im.add_argument("--val-per-class", type=non_negative, default=10, help="validation images per class")
+    _synth_common(im, "the class")
     im.set_defaults(func=synth_imagenet)
     co = kinds.add_parser("coco", help="COCO layout: train2014/, val2014/, annotations/instances_*.json")
-    co.add_argument("out")
-    co.add_argument("--images-train", type=int, default=200)
-    co.add_argument("--images-val", type=int, default=50)
-    co.add_argument("--categories", type=int, default=8)
-    co.add_argument("--image-size", type=int, default=128)
-    co.add_argument("--spurious", type=float, default=0.0,
-                    help="probability that the background carries a cue correlated with a category present")
-    co.add_argument("--val-spurious", type=float, default=None,
-                    help="the same for val images (default: --spurious)")
-    co.add_argument("--seed", type=int, default=0)
-    co.add_argument("--workers", type=int, default=None,
-                    help="generator processes (default: 1 below 2000 images, else up to 8)")
+    co.add_argument("out", help="folder to write (created; checked before anything is drawn)")
+    co.add_argument("--images-train", type=positive, default=200, help="training images")
+    co.add_argument("--images-val", type=non_negative, default=50, help="validation images")
+    co.add_argument("--categories", type=positive, default=8, help="number of categories")
+    _synth_common(co, "a category present")
     co.set_defaults(func=synth_coco)
 
 
@@ -65,12 +77,13 @@ def add_coco_negatives(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("coco-negatives",
                        help="write, per category, the images that do not contain it (JSON)")
     p.add_argument("data", help="COCO root (with annotations/instances_<split>2014.json)")
-    p.add_argument("--split", choices=["train", "val"], default="train")
+    p.add_argument("--split", choices=["train", "val"], default="train", help="which split's annotations")
     p.add_argument("--year", default="2014", help="annotation year: instances_<split><year>.json")
     p.add_argument("--annotations", default=None,
                    help="the instances JSON to read (default: DATA/annotations/instances_<split><year>.json)")
     p.add_argument("--output", default=None,
-                   help="default: negatives_<split><year>.json beside the annotation file")
+                   help="the index JSON to write (default: negatives_<split><year>.json beside the "
+                        "annotation file)")
     p.set_defaults(func=coco_negatives)
 
 
@@ -104,6 +117,7 @@ def synth_imagenet(args: argparse.Namespace) -> int:
     """``gridcam synth imagenet OUT ...``"""
     from gridcam.data.synthetic import make_imagenet
 
+    check_output_dir("OUT", args.out)
     t0 = time.time()
     out = make_imagenet(args.out, classes=args.classes, train_per_class=args.train_per_class,
                         val_per_class=args.val_per_class, image_size=args.image_size,
@@ -119,6 +133,7 @@ def synth_coco(args: argparse.Namespace) -> int:
     """``gridcam synth coco OUT ...``"""
     from gridcam.data.synthetic import make_coco
 
+    check_output_dir("OUT", args.out)
     t0 = time.time()
     out = make_coco(args.out, images_train=args.images_train, images_val=args.images_val,
                     categories=args.categories, image_size=args.image_size, spurious=args.spurious,
@@ -138,6 +153,7 @@ def coco_negatives(args: argparse.Namespace) -> int:
     ann = Path(args.annotations) if getattr(args, "annotations", None) else \
         Path(args.data) / "annotations" / f"instances_{split}.json"
     out = Path(args.output) if args.output else ann.parent / f"negatives_{split}.json"
+    check_output_file("--output", out)
     t0 = time.time()
     data = load_coco_json(ann)
     t1 = time.time()

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from gridcam.cli.common import (
+    add_alias,
+    add_methods_option,
+    check_output_dir,
+    non_negative,
+    parse_methods,
+    positive,
+)
+
 
 def add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -12,17 +21,18 @@ def add_report(sub: argparse._SubParsersAction) -> None:
                     "any evaluation output inside the folder) and per-image JSONL, and writes "
                     "OUT/index.html with its pictures beside it (move the folder as one).")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training save dirs (first = the reference)")
-    p.add_argument("--out", default="report", help="output folder (default ./report)")
+    p.add_argument("--out", default="report", help="output folder")
     p.add_argument("--name", action="append", default=None, metavar="NAME",
-                   help="display name of each run, in order (default: the folder names)")
+                   help="display name of each run, in order (repeatable; default: the folder names)")
     p.add_argument("--markdown", action="store_true", help="also print the results table as Markdown")
-    p.add_argument("--images", type=int, default=6, help="validation images in the heatmap comparison")
-    p.add_argument("--candidates", type=int, default=48,
+    p.add_argument("--images", type=non_negative, default=6, help="validation images in the heatmap comparison")
+    p.add_argument("--candidates", type=positive, default=48,
                    help="without per-image JSONL: validation images scored to choose them")
-    p.add_argument("--method", default="gradcam", help="explanation method of the heatmap comparison")
-    p.add_argument("--input-resize", type=int, default=None,
+    add_methods_option(p, several=False)
+    p.add_argument("--input-resize", type=positive, default=None,
                    help="shorter side for the heatmaps (default: the evaluation's, else 224)")
-    p.add_argument("--title", default=None, help="page title")
+    add_alias(p, "--input_resize", dest="input_resize", type=positive)
+    p.add_argument("--title", default=None, help="page title (default: one naming the runs)")
     p.set_defaults(func=main)
 
 
@@ -30,8 +40,10 @@ def main(args: argparse.Namespace) -> int:
     """Handler of ``gridcam report RUN_DIR...``: flags -> ReportConfig -> the page."""
     from gridcam.report.run_report import ReportConfig, build
 
+    (method,) = parse_methods(args.methods, several=False)
+    check_output_dir("--out", args.out)
     res = build(ReportConfig(runs=args.runs, out=args.out, names=args.name, images=args.images,
-                             candidates=args.candidates, method=args.method, title=args.title,
+                             candidates=args.candidates, method=method, title=args.title,
                              input_resize=args.input_resize))
     if args.markdown:
         print(res["markdown"])

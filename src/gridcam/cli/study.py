@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from gridcam.cli.common import (
+    check_output_dir,
+    check_output_file,
+    non_negative,
+    positive,
+)
 
 
 def add_study(sub: argparse._SubParsersAction) -> None:
@@ -16,21 +22,24 @@ def add_study(sub: argparse._SubParsersAction) -> None:
                    help="quick: 1 seed, minutes on 2 CPU cores (the demo); cpu: 3 seeds; gpu: the paper's "
                         "recipe on a real ImageNet root (with --data)")
     p.add_argument("--data", default=None, help="an ImageNet-style root (default: synthetic data in OUT/data)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1 (default: the preset's)")
-    p.add_argument("--arch", default=None, help="architecture (default: the preset's)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs of each row (after the shared pre-training of the cpu presets)")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--lambda", dest="lam", type=float, default=None, help="GC weight of the GC rows")
+    p.add_argument("--seeds", type=positive, default=None, help="number of seeds 0..N-1 (default: the preset's)")
+    p.add_argument("-a", "--arch", default=None, help="architecture (default: the preset's)")
+    p.add_argument("--epochs", type=non_negative, default=None,
+                   help="epochs of each row (after the shared pre-training of the cpu presets; "
+                        "default: the preset's)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of each row (default: the preset's)")
+    p.add_argument("--lambda", dest="lam", type=float, default=None,
+                   help="GC weight of the GC rows (default: the preset's)")
     p.add_argument("--rows", default=None,
                    help="comma-separated subset of baseline,gc,gmp,gmp_gc (default: all four)")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes per training (default: 0)")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--workers", type=non_negative, default=None,
+                   help="data-loading processes per training (default: 0)")
+    p.add_argument("--jobs", type=positive, default=None,
                    help="trainings run side by side, one process each (default: one per CPU core, one thread "
                         "each; 1 on a GPU); the numbers do not depend on it")
-    p.add_argument("--out", default="runs/study", help="output folder (default: runs/study)")
+    p.add_argument("--out", default="runs/study", help="output folder (checked before anything runs)")
     p.add_argument("--markdown", "--table", dest="markdown", metavar="DIR", default=None,
-                   help="only print the table of DIR/study.json (nothing is trained)")
+                   help="only print the table of DIR/study.json (nothing is trained; default: train and score)")
     p.add_argument("--render-readme", metavar="FILE", nargs="*", default=None,
                    help="only rewrite the <!-- results:NAME --> blocks of each FILE (default: README.md and "
                         "docs/study.md) from docs/results/NAME.json (nothing is trained)")
@@ -47,8 +56,10 @@ def main(args: argparse.Namespace) -> int:
         from gridcam.study.readme import render_file
 
         for path in args.render_readme or ["README.md", "docs/study.md"]:
+            check_output_file("--render-readme", path)
             print(f"{path}: {'rewritten' if render_file(path) else 'already up to date'}")
         return 0
+    check_output_dir("--out", args.out)
     rows = tuple(r.strip() for r in args.rows.split(",")) if args.rows else None
     config = study.config_for(args.preset, out=args.out, data=args.data, seeds=args.seeds,
                               arch=args.arch, epochs=args.epochs, lr=args.lr, lam=args.lam,

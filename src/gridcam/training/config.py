@@ -134,15 +134,19 @@ def parse_lr_steps(text: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def check_config(c: TrainConfig) -> None:
-    """Raise GridcamError naming the first flag whose value cannot work."""
+    """Raise GridcamError naming the first flag whose value cannot work (ONE flag per message;
+    the architecture first, before anything reads the data)."""
     if c.dataset not in ("imagenet", "coco"):
         raise GridcamError(f"dataset must be 'imagenet' or 'coco', got {c.dataset!r}")
+    _check_arch(c.arch)
     if c.negatives not in ("batch", "dataset"):
         raise GridcamError(f"--negatives must be 'batch' or 'dataset', got {c.negatives!r}")
     if c.schedule not in ("step", "cosine"):
         raise GridcamError(f"--schedule must be 'step' or 'cosine', got {c.schedule!r}")
-    if c.batch_size < 1 or c.epochs < 0 or c.workers < 0 or c.print_freq < 1:
-        raise GridcamError("--batch-size, --print-freq must be >= 1 and --epochs, --workers >= 0")
+    for flag, value, low in (("--batch-size", c.batch_size, 1), ("--epochs", c.epochs, 0),
+                             ("--workers", c.workers, 0), ("--print-freq", c.print_freq, 1)):
+        if value < low:
+            raise GridcamError(f"{flag} must be >= {low}, got {value}")
     if not math.isfinite(c.lam) or c.lam < 0:
         raise GridcamError(f"--lambda must be a finite number >= 0, got {c.lam}")
     if c.lr <= 0:
@@ -152,6 +156,16 @@ def check_config(c: TrainConfig) -> None:
     if c.image_size < 32:
         raise GridcamError(f"--image-size must be >= 32, got {c.image_size}")
     _check_device(c.device)
+
+
+def _check_arch(arch: str) -> None:
+    """``-a/--arch``: a built-in name (an outside one, ``prefix:NAME``, is checked when built)."""
+    from gridcam.models import registry
+
+    if ":" not in arch and arch not in registry.list_models():
+        raise GridcamError(f"-a/--arch {arch!r}: unknown architecture; choose one of: "
+                           f"{', '.join(registry.list_models())} (`gridcam models`), or "
+                           "torchvision:NAME, timm:NAME, hf:NAME_OR_PATH, MODULE:FACTORY")
 
 
 def _check_device(device: str | None) -> None:

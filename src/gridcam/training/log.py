@@ -6,23 +6,47 @@
   ``tensorboard`` package import (optional dependency: ``pip install gridcam[tensorboard]``).
 * A tqdm bar on rank 0 with the running losses and images/s; when stderr is not a terminal (batch
   jobs, log files) a plain line every ``print_freq`` steps instead of carriage-return updates.
-* One line per epoch (and per validation) on stderr: :func:`print_epoch`, :func:`format_val`.
+* The lines a run reports: an opening line before the first epoch (:func:`print_opening`), one
+  line per epoch (and per validation) (:func:`print_epoch`, :func:`format_val`). They go to
+  stderr by default (a Python caller's stdout stays its own); ``gridcam train`` sends them to
+  stdout with :func:`report_to`, so ``gridcam train ... > log.txt`` keeps them.
 Only rank 0 writes anything; the other ranks get no-op objects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tqdm import tqdm
 
-__all__ = ["EpochLog", "Progress", "fmt", "format_val", "jsonable", "print_epoch", "print_skipped"]
+__all__ = ["EpochLog", "Progress", "fmt", "format_opening", "format_val", "jsonable", "print_epoch",
+           "print_skipped", "report_to", "say"]
+
+#: Where the report lines go (:func:`say`); None: sys.stderr at the time of printing.
+_REPORT: IO[str] | None = None
+
+
+@contextlib.contextmanager
+def report_to(stream: IO[str]) -> Iterator[None]:
+    """Within the block, the report lines (opening, epochs, validation) go to ``stream``."""
+    global _REPORT
+    before, _REPORT = _REPORT, stream
+    try:
+        yield
+    finally:
+        _REPORT = before
+
+
+def say(line: str) -> None:
+    """Print one report line where :func:`report_to` says (default stderr), flushed at once."""
+    print(line, file=_REPORT if _REPORT is not None else sys.stderr, flush=True)
 
 
 def jsonable(obj: Any) -> Any:
@@ -132,8 +156,11 @@ class Progress:
                 self.bar.update(1)
 
     def due(self, step: int) -> bool:
-        """Whether to refresh the numbers after 0-based ``step`` (saves a device sync otherwise)."""
-        return self.enabled and ((step + 1) % self.print_freq == 0 or step + 1 == self.total)
+        """Whether to refresh the numbers after 0-based ``step`` (saves a device sync otherwise):
+        every ``print_freq`` steps, the last step, and the first one of the run's first epoch (a
+        sign of life within seconds, as torchvision's reference script gives)."""
+        return self.enabled and ((step + 1) % self.print_freq == 0 or step + 1 == self.total
+                                 or step == self.initial == 0)
 
     def show(self, step: int, values: Mapping[str, float]) -> None:
         """Display the running ``values`` (losses, img/s) after 0-based ``step``."""
@@ -178,8 +205,25 @@ def format_val(m: Mapping[str, Any], multi_label: bool) -> str:
             f"({m.get('images')} images)")
 
 
+def format_opening(*, arch: str, dataset: str, data: str, classes: int, train_images: int | None,
+                   val_images: int | None, device: str, world: int, epochs: tuple[int, int],
+                   batch: int, lr: float, lam: float, save_dir: str, evaluate: bool = False) -> str:
+    """The opening line of a run: what is trained on what, where, for how long, in which batches;
+    ``epochs``: (first, last), 1-based (a resumed run starts later)."""
+    images = (f"{train_images} training + {val_images or 0} validation images" if not evaluate
+              else f"{val_images or 0} validation images")
+    where = device + (f" x {world} processes" if world > 1 else "")
+    if evaluate:
+        return f"gridcam train: validating {arch} on {dataset} {data} ({classes} classes, {images}) on {where}"
+    first, last = epochs
+    span = (f"{last} epoch{'s' if last != 1 else ''}" if first == 1 else f"epochs {first}-{last}" if first <= last
+            else f"all {last} epochs done")
+    return (f"gridcam train: {arch} on {dataset} {data} ({classes} classes, {images}) on {where}; "
+            f"{span}, batch {batch}, lr {lr:g}, lambda {lam:g}; checkpoints in {save_dir}")
+
+
 def print_epoch(record: Mapping[str, Any], multi_label: bool) -> None:
-    """The line of a finished epoch (its ``train_log.jsonl`` record) on stderr."""
+    """The line of a finished epoch (its ``train_log.jsonl`` record), where :func:`report_to` says."""
     t = record["train"]
     parts = [f"epoch {record['epoch']}: lr {record['lr']:.4g}", f"train loss {fmt(t['loss'])}",
              f"cls {fmt(t['cls_loss'])}"]
@@ -189,7 +233,7 @@ def print_epoch(record: Mapping[str, Any], multi_label: bool) -> None:
     line = "  ".join(parts)
     if record["val"] is not None:
         line += "  |  " + format_val(record["val"], multi_label)
-    print(line + ("  *best*" if record["is_best"] and record["val"] is not None else ""), file=sys.stderr)
+    say(line + ("  *best*" if record["is_best"] and record["val"] is not None else ""))
 
 
 def print_skipped(epoch: int, count: int) -> None:

@@ -31,7 +31,6 @@ the loader's iterator exists, so models with dropout continue exactly too).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Any
 
@@ -40,7 +39,7 @@ import torch
 from gridcam.runtime import checkpoint as ckpt
 from gridcam.training.resume import save_run
 from gridcam.runtime import distributed as du
-from gridcam.training.log import EpochLog, format_val, print_epoch
+from gridcam.training.log import EpochLog, format_opening, format_val, print_epoch, say
 from gridcam.runtime.rng import seed_globals
 from gridcam.runtime.stopping import NonFiniteLoss, StopFlag, TrainingInterrupted
 from gridcam.training.config import StepInfo, TrainConfig, check_config
@@ -71,6 +70,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     info = du.setup(config.device)
     try:
         r = set_up(config, info)
+        if info.is_main:
+            say(_opening(r))
         log = EpochLog(r.save_dir, enabled=info.is_main, tensorboard=config.tensorboard)
         try:
             summary = _summary(r, log)
@@ -82,6 +83,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
     finally:
         if ours:
             du.cleanup()
+
+
+def _opening(r: Run) -> str:
+    """The opening line of the run (before its first epoch), as torchvision's script gives one."""
+    c = r.c
+    return format_opening(
+        arch=c.arch, dataset=c.dataset, data=c.data, classes=r.ds.num_classes,
+        train_images=len(r.ds.train) if r.ds.train is not None else None,
+        val_images=len(r.ds.val) if r.ds.val is not None else None, device=str(r.info.device),
+        world=r.info.world_size, epochs=(r.start_epoch + 1, c.epochs), batch=c.batch_size, lr=c.lr,
+        lam=c.lam, save_dir=str(r.save_dir), evaluate=c.evaluate)
 
 
 def _summary(r: Run, log: EpochLog) -> dict[str, Any]:
@@ -109,7 +121,7 @@ def _evaluate_only(r: Run, log: EpochLog, summary: dict[str, Any]) -> dict[str, 
     log.write({"evaluate": True, "epoch": int(r.state["epoch"]) if r.state else None, "val": metrics,
                "weights": r.resume or r.c.pretrained or r.c.init})
     if r.info.is_main:
-        print(format_val(metrics, r.multi_label), file=sys.stderr)
+        say(format_val(metrics, r.multi_label))
     return summary
 
 
