@@ -116,6 +116,7 @@ def test_methods_everywhere_and_method_as_hidden_alias(capsys):
     assert parse(["train", "imagenet", "d", "--out", "o"]).save_dir == "o"
     assert parse(["train", "imagenet", "d", "--save_dir", "o"]).save_dir == "o"
     assert parse(["synth", "imagenet", "o", "--num-classes", "3"]).classes == 3
+    assert parse(["synth", "imagenet", "o", "--classes", "3"]).classes == 3
     assert parse(["layers", "-a", "tiny_resnet", "--input-size", "32"]).image_size == 32
     assert parse(["study", "-a", "tiny_resnet"]).arch == "tiny_resnet"
     for argv in (["explain", "--help"], ["report", "--help"], ["evaluate", "imagenet", "--help"]):

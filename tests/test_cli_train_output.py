@@ -34,7 +34,7 @@ def test_opening_and_epoch_lines_on_stdout_progress_on_stderr(data, tmp_path, ca
     assert "epoch 1/1 [1/2]" in captured.err and "epoch 1/1 [2/2]" in captured.err
 
 
-def test_first_step_is_shown_only_at_the_start_of_a_run():
+def test_first_step_of_an_epoch_is_shown_unless_resumed_mid_epoch():
     fresh = Progress([], total=100, desc="e", print_freq=10, bar=False)
     assert [s for s in range(100) if fresh.due(s)] == [0, 9, 19, 29, 39, 49, 59, 69, 79, 89, 99]
     resumed = Progress([], total=100, desc="e", print_freq=10, bar=False, initial=40)

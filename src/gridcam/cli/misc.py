@@ -57,8 +57,9 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     kinds = p.add_subparsers(dest="kind", required=True, metavar="LAYOUT")
     im = kinds.add_parser("imagenet", help="ImageNet layout: train/<wnid>/*.JPEG, val/*.JPEG + VOC XML")
     im.add_argument("out", help="folder to write (created; checked before anything is drawn)")
-    im.add_argument("--classes", type=positive, default=10, help="number of classes")
-    add_alias(im, "--num-classes", dest="classes", type=positive)
+    im.add_argument("--num-classes", dest="classes", type=positive, default=10, metavar="N",
+                    help="number of classes")
+    add_alias(im, "--classes", dest="classes", type=positive)  # elsewhere --classes is a FILE
     im.add_argument("--train-per-class", type=positive, default=40, help="training images per class")
     im.add_argument("--val-per-class", type=non_negative, default=10, help="validation images per class")
     _synth_common(im, "the class")

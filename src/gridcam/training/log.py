@@ -157,8 +157,8 @@ class Progress:
 
     def due(self, step: int) -> bool:
         """Whether to refresh the numbers after 0-based ``step`` (saves a device sync otherwise):
-        every ``print_freq`` steps, the last step, and the first one of the run's first epoch (a
-        sign of life within seconds, as torchvision's reference script gives)."""
+        every ``print_freq`` steps, the last step, and the first step of an epoch started afresh
+        (a sign of life within seconds, as torchvision's MetricLogger gives)."""
         return self.enabled and ((step + 1) % self.print_freq == 0 or step + 1 == self.total
                                  or step == self.initial == 0)
 
