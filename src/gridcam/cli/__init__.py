@@ -48,12 +48,16 @@ def _mark_leaves(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``gridcam ARGV``: 0 when done, 2 for a user error (one line on stderr, no traceback),
-    130 when interrupted; a command may return another status (``train``: 3, 128+signal)."""
+    """Run ``gridcam ARGV`` and return its exit status: 0 when done (``--help`` too), 2 for a user
+    error (one line on stderr, no traceback: a bad argument or bad input), 130 when interrupted; a
+    command may return another status (``train``: 3, 128+signal)."""
     parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
-    if extras:
-        getattr(args, "_leaf", parser).error(f"unrecognized arguments: {' '.join(extras)}")
+    try:  # --help, --version and argument errors end here: their status is returned, as any other
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            getattr(args, "_leaf", parser).error(f"unrecognized arguments: {' '.join(extras)}")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     from gridcam import problems
     from gridcam.errors import GridcamError
 
