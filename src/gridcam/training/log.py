@@ -5,8 +5,9 @@
 * TensorBoard event files in ``<save_dir>/tensorboard`` when ``torch.utils.tensorboard`` and the
   ``tensorboard`` package import (optional dependency: ``pip install gridcam[tensorboard]``).
 * A tqdm bar on rank 0 with the running losses and images/s; when stderr is not a terminal (batch
-  jobs, log files) a plain line every ``print_freq`` steps instead of carriage-return updates.
-* The lines a run reports: an opening line before the first epoch (:func:`print_opening`), one
+  jobs, log files) a plain line at an epoch's first step and every ``print_freq`` steps instead of
+  carriage-return updates.
+* The lines a run reports: an opening line before the first epoch (:func:`format_opening`), one
   line per epoch (and per validation) (:func:`print_epoch`, :func:`format_val`). They go to
   stderr by default (a Python caller's stdout stays its own); ``gridcam train`` sends them to
   stdout with :func:`report_to`, so ``gridcam train ... > log.txt`` keeps them.
@@ -216,8 +217,10 @@ def format_opening(*, arch: str, dataset: str, data: str, classes: int, train_im
     if evaluate:
         return f"gridcam train: validating {arch} on {dataset} {data} ({classes} classes, {images}) on {where}"
     first, last = epochs
-    span = (f"{last} epoch{'s' if last != 1 else ''}" if first == 1 else f"epochs {first}-{last}" if first <= last
-            else f"all {last} epochs done")
+    if first == 1:
+        span = f"{last} epoch{'s' if last != 1 else ''}"
+    else:
+        span = f"epochs {first}-{last}" if first <= last else f"all {last} epochs done"
     return (f"gridcam train: {arch} on {dataset} {data} ({classes} classes, {images}) on {where}; "
             f"{span}, batch {batch}, lr {lr:g}, lambda {lam:g}; checkpoints in {save_dir}")
 
