@@ -440,5 +440,6 @@ def test_explain_train_mode_warning_points_at_the_caller(monkeypatch):
         cam.explain("probe", nn.Identity().train(), torch.zeros(1, 3, 2, 2), torch.tensor([0]))
     (w,) = [w for w in rec if "train mode" in str(w.message)]
     assert re.search(r"^explain\('probe'\) on a model in train mode: BatchNorm mixes the images of "
-                     r"a batch and Dropout is random; call model\.eval\(\) first$", str(w.message))
+                     r"a batch and Dropout is random \(its buffers are put back afterwards\); call "
+                     r"model\.eval\(\) first$", str(w.message))
     assert not w.filename.endswith(os.path.join("gridcam", "cam", "__init__.py")), w.filename

@@ -22,6 +22,7 @@ import functools
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -45,7 +46,9 @@ from .backprop import (
 )
 from . import cams as _cams
 from . import perturbation as _perturbation
+from . import inputs
 from .hooks import Captured, capture
+from .inputs import InputError, closest
 from .registry import METHOD_INFO, METHODS, ExplainFn, Method, register, select_options
 from .saliency import (
     SMOOTHGRAD_SAMPLES,
@@ -66,6 +69,7 @@ __all__ = [
     "NORMALIZATIONS",
     "VARIANTS",
     "Captured",
+    "InputError",
     "capture",
     "explain",
     "grad_cam",
@@ -159,26 +163,37 @@ def describe_methods() -> list[dict[str, Any]]:
 def explain(
     method: str,
     model: nn.Module,
-    layer: nn.Module | Tensor | None = None,
-    images: Tensor | None = None,
-    targets: Tensor | None = None,
+    *args: Any,
+    layer: nn.Module | str | None = None,
+    images: Tensor | np.ndarray | None = None,
+    targets: Tensor | np.ndarray | int | None = None,
     **opts: Any,
 ) -> tuple[Tensor, Tensor]:
     """Heatmaps of ``method`` for T target classes per image, for evaluation.
 
+    Called ``explain(method, model, layer, images, targets)``, ``explain(method, model, images,
+    targets)`` or with ``layer=``, ``images=``, ``targets=`` as keywords, in any mix (an argument
+    given twice is refused). Every mistake is one :class:`~gridcam.errors.GridcamError` line naming
+    the argument and what to pass (:mod:`gridcam.cam.inputs`).
+
     Args:
         method: a name in :data:`METHODS` (``list_methods()``, ``gridcam methods``).
-        model: classifier, in ``eval()`` mode (a model in train mode gets a warning: BatchNorm
-            then mixes the images of a batch).
-        layer: the CAM layer (``models.cam_layer(model)``) for methods that read a layer
-            (``METHOD_INFO[method].uses_layer``); optional otherwise, and for built-in
-            architectures (found with ``models.cam_layer``). ``explain(method, model, images,
-            targets)`` also works.
-        images: (B,3,H,W) normalised images.
-        targets: (B,T) long class indices, or (B,) for one class per image.
-        **opts: the method's options (``METHOD_INFO[method].options``). A misspelt option raises;
-            an option of another registered method is ignored, so one option set can be passed
-            for several methods.
+        model: classifier, best in ``eval()`` mode. A model in train mode is explained as it is
+            (BatchNorm normalises with the batch's statistics, Dropout is random), with a warning;
+            its buffers (BatchNorm running statistics, ``num_batches_tracked``) are put back
+            afterwards, so the model is left exactly as it was.
+        layer: the CAM layer for methods that read a layer (``METHOD_INFO[method].uses_layer``): a
+            module of ``model`` or a dotted path (``"layer4"``, ``"features.-1"``, as
+            ``--cam-layer`` takes); None: the model's CAM layer (``models.cam_layer``).
+        images: (B,C,H,W) float normalised images, a tensor or numpy array, on the model's device.
+            One (C,H,W) image is a batch of one (results keep B=1). A float dtype other than the
+            model's (float64 numpy, float32 into a ``.half()`` model) is cast to the model's.
+            Channels last, integer pixels (uint8), NaN/inf values are refused.
+        targets: (B,T) or (B,) integer class indices (tensor, numpy array or list), or one int
+            for every image (then like (B,)).
+        **opts: the method's options (``METHOD_INFO[method].options``). A misspelt option raises
+            naming the closest valid keyword; an option of another registered method is ignored,
+            so one option set can be passed for several methods.
 
     Returns:
         heatmaps (B,T,h',w') float32 (or (B,h',w') for (B,) targets), non-negative, NOT
@@ -186,26 +201,35 @@ def explain(
         (h',w') is the layer's size for layer methods and the input's size for the others.
         logits (B,C) detached.
     Raises:
-        GridcamError: unknown method name or option, or no layer for a method that needs one.
+        GridcamError: unknown method, keyword or option; a layer that is not the model's; images
+            or targets that cannot be explained as given; no layer for a method that needs one.
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
+        near = closest(method, METHODS) if isinstance(method, str) else None
         raise GridcamError(
-            f"unknown explanation method {method!r}; choose one of: {', '.join(list_methods())}"
+            f"unknown explanation method {method!r}{f' (did you mean {near!r}?)' if near else ''}; "
+            f"choose one of: {', '.join(list_methods())}"
         )
-    if isinstance(layer, Tensor):  # explain(method, model, images, targets)
-        layer, images, targets = None, layer, images
+    model = inputs.check_model(method, model)
+    layer, images, targets = inputs.split_arguments(method, args, layer, images, targets)
+    info = METHOD_INFO.get(method)
+    inputs.check_keywords(method, opts, set().union(*(m.options for m in METHOD_INFO.values())),
+                          info.options if info is not None else ())
     if images is None or targets is None:
         raise GridcamError(f"explain({method!r}) needs images (B,3,H,W) and targets (B,) or (B,T)")
-    targets = torch.as_tensor(targets, device=images.device)
     kwargs = select_options(method, opts)
-    info = METHOD_INFO.get(method)
+    layer = inputs.check_layer(method, model, layer)
+    images, _ = inputs.check_images(method, model, images)
+    targets = inputs.check_targets(method, targets, images)
     if layer is None and (info is None or info.uses_layer):
         layer = _default_layer(method, model)
     if model.training:
         warnings.warn(
             f"explain({method!r}) on a model in train mode: BatchNorm mixes the images of a batch "
-            "and Dropout is random; call model.eval() first", stacklevel=2)
-    heat, logits = METHODS[method](model, layer, images, targets, **kwargs)
+            "and Dropout is random (its buffers are put back afterwards); call model.eval() first",
+            stacklevel=2)
+    with inputs.buffers_kept(model):
+        heat, logits = METHODS[method](model, layer, images, targets, **kwargs)
     if targets.dim() == 1:
         heat = heat[:, 0]
     return heat, logits

@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from .gradcam import _as_2d_targets, _prepare_images, target_gradients
 from .hooks import capture
+from .inputs import InputError
 
 __all__ = [
     "RULES",
@@ -258,7 +259,7 @@ def _explain(rule: str, model: nn.Module, layer: nn.Module | None, images: Tenso
                 logits = model(x)
             inputs = feats.output
             if not isinstance(inputs, Tensor):
-                raise ValueError(f"the layer {type(layer).__name__} produced no tensor during the forward")
+                raise InputError(f"the layer {type(layer).__name__} produced no tensor during the forward")
         if rule == "contrastive":
             mark_classifier(mode, logits)
         grads = target_gradients(logits, inputs, targets)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import GridcamError
 from .gradcam import _as_2d_targets, _check_targets, _prepare_images, target_gradients, upsample
 from .hooks import capture
+from .inputs import InputError
 
 __all__ = [
     "METHODS",
@@ -68,7 +69,7 @@ def layer_activations(
         logits = model(x)
         acts = feats.output
         if not isinstance(acts, Tensor) or acts.dim() != 4:
-            raise ValueError(
+            raise InputError(
                 f"the CAM layer {type(layer).__name__} must output a (B,K,h,w) tensor during the "
                 f"forward, got {type(acts).__name__}"
                 + (f" of shape {tuple(acts.shape)}" if isinstance(acts, Tensor) else "")

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .hooks import capture
+from .inputs import InputError
 
 __all__ = [
     "VARIANTS",
@@ -47,17 +48,17 @@ def _check_targets(logits: Tensor, targets: Tensor) -> Tensor:
         raise ValueError(f"logits must be (B,C), got shape {tuple(logits.shape)}")
     targets = torch.as_tensor(targets, device=logits.device)
     if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(f"targets must be integer class indices, got dtype {targets.dtype}")
+        raise InputError(f"targets must be integer class indices, got dtype {targets.dtype}")
     targets = targets.long()
     if targets.dim() not in (1, 2) or targets.shape[0] != logits.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"targets must be (B,) or (B,T) with B={logits.shape[0]}, got shape {tuple(targets.shape)}"
         )
     # Checked on the CPU only: on a GPU it would cost a host sync per call (two per training step);
     # there an out-of-range index surfaces as a device-side assert from the gather instead.
     if (targets.device.type == "cpu" and targets.numel()
             and bool(((targets < 0) | (targets >= logits.shape[1])).any())):
-        raise ValueError(
+        raise InputError(
             f"targets must lie in [0, {logits.shape[1]}), got values in "
             f"[{int(targets.min())}, {int(targets.max())}]"
         )
@@ -284,7 +285,7 @@ def explain_gradcam(
                 logits = model(_prepare_images(images))
             feats_out = feats.output
         if not isinstance(feats_out, torch.Tensor):
-            raise ValueError(
+            raise InputError(
                 f"the CAM layer {type(layer).__name__} produced no tensor during the forward "
                 "(is it a sub-module of the model that is actually called?)"
             )

@@ -27,6 +27,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import GridcamError
+from .inputs import closest
 
 __all__ = ["ExplainFn", "Method", "METHODS", "METHOD_INFO", "register", "select_options"]
 
@@ -93,8 +94,10 @@ def select_options(method: str, opts: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(k for k in opts if k not in known)
     if unknown:
         valid = ", ".join(f"{k} ({v})" for k, v in info.options.items()) or "none"
+        near = {k: closest(k, info.options) for k in unknown}
+        hints = ", ".join(f"{v}= for {k}=" for k, v in near.items() if v)
         raise GridcamError(
             f"unknown option(s) {', '.join(map(repr, unknown))} for explanation method {method!r}; "
-            f"its options are: {valid}"
+            f"its options are: {valid}" + (f"; did you mean {hints}?" if hints else "")
         )
     return {k: v for k, v in opts.items() if k in info.options}
