@@ -352,7 +352,7 @@ def test_register_table_of_the_cam_family_matches_the_registry(fresh_registry):
     assert info["scorecam"] == Method(
         cams.explain_scorecam, {"method_batch": "default 16", "progress": "default False"},
         uses_layer=True, description=cams.METHODS["scorecam"][2], cost=cams.METHODS["scorecam"][3],
-        relative=600.0)
+        relative=600.0, label="Score-CAM")
     assert info["ablationcam"].options == {"method_batch": "default 256",
                                            "progress": "default False"}
     assert info["eigencam"].relative == 0.6 and info["ablationcam"].relative == 4.0
@@ -364,12 +364,13 @@ def test_imported_registry_has_the_cam_family():
             continue
         assert cam.METHOD_INFO[name] == Method(
             fn, {k: f"default {v!r}" for k, v in defaults.items()}, uses_layer=uses_layer,
-            description=description, cost=cost, relative=cam._RELATIVE.get(name, 1.0)), name
+            description=description, cost=cost, relative=cam._RELATIVE.get(name, 1.0),
+            label=description.split(": ")[0]), name
 
 
 def test_describe_methods_rows():
     rows = {r["name"]: r for r in cam.describe_methods()}
-    assert set(rows["gradient"]) == {"name", "description", "cost", "relative", "options",
+    assert set(rows["gradient"]) == {"name", "label", "description", "cost", "relative", "options",
                                      "uses_layer"}
     assert rows["gradient"]["uses_layer"] is False and rows["scorecam"]["uses_layer"] is True
     assert rows["scorecam"]["options"] == {"method_batch": "default 16", "progress": "default False"}

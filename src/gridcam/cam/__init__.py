@@ -49,7 +49,7 @@ from . import perturbation as _perturbation
 from . import inputs
 from .hooks import Captured, capture
 from .inputs import InputError, closest
-from .registry import METHOD_INFO, METHODS, ExplainFn, Method, register, select_options
+from .registry import METHOD_INFO, METHODS, ExplainFn, Method, method_label, register, select_options
 from .saliency import (
     SMOOTHGRAD_SAMPLES,
     explain_gradient,
@@ -64,6 +64,7 @@ __all__ = [
     "Method",
     "backward_rules",
     "describe_methods",
+    "method_label",
     "register",
     "select_options",
     "NORMALIZATIONS",
@@ -84,46 +85,46 @@ _GEN = "torch.Generator for the noise (None: the global one)"
 
 register("gradcam", Method(
     explain_gradcam, {"variant": "'elementwise' (paper, default) or 'classic'"}, uses_layer=True,
-    description="Grad-CAM: activations x gradients at the CAM layer", cost="1F+1B", relative=1.0))
+    description="Grad-CAM: activations x gradients at the CAM layer", cost="1F+1B", relative=1.0, label="Grad-CAM"))
 register("hirescam", Method(
     functools.partial(explain_gradcam, variant="elementwise"), uses_layer=True,
-    description="HiResCAM = Grad-CAM 'elementwise' (the paper's variant)", cost="1F+1B"))
+    description="HiResCAM = Grad-CAM 'elementwise' (the paper's variant)", cost="1F+1B", label="HiResCAM"))
 register("linear_approx", Method(
     functools.partial(explain_gradcam, variant="elementwise"), uses_layer=True,
-    description="TorchRay linear approximation: ReLU(sum_k A_k dS/dA_k) at `layer`", cost="1F+1B"))
+    description="TorchRay linear approximation: ReLU(sum_k A_k dS/dA_k) at `layer`", cost="1F+1B", label="Linear approximation"))
 register("gradient", Method(
     explain_gradient, description="|d logit / d input|, max over colour channels",
-    cost="1F+1B", relative=2.0))
+    cost="1F+1B", relative=2.0, label="Gradient"))
 register("input_x_gradient", Method(
     explain_input_x_gradient, description="|input x gradient|, summed over colour channels",
-    cost="1F+1B", relative=2.0))
+    cost="1F+1B", relative=2.0, label="Input x gradient"))
 register("deconvnet", Method(
     explain_deconvnet, description="DeconvNet: gradient with ReLU backward = ReLU(grad)",
-    cost="1F+1B", relative=2.0))
+    cost="1F+1B", relative=2.0, label="DeconvNet"))
 register("guided_backprop", Method(
     explain_guided_backprop, description="guided backprop: positive gradients through active ReLUs",
-    cost="1F+1B", relative=2.0))
+    cost="1F+1B", relative=2.0, label="Guided backprop"))
 register("excitation_backprop", Method(
     explain_excitation_backprop, uses_layer=True,
     description="excitation backprop: marginal winning probability at `layer`",
-    cost="1F+1B (~2x plain backward)", relative=3.0))
+    cost="1F+1B (~2x plain backward)", relative=3.0, label="Excitation backprop"))
 register("contrastive_excitation_backprop", Method(
     explain_contrastive_excitation_backprop, uses_layer=True,
     description="contrastive excitation backprop: target minus its dual at `layer`",
-    cost="1F+1B (~2x plain backward)", relative=3.0))
+    cost="1F+1B (~2x plain backward)", relative=3.0, label="Contrastive excitation backprop"))
 register("smoothgrad", Method(
     explain_smoothgrad,
     {"samples": f"noisy copies n ({SMOOTHGRAD_SAMPLES}, the paper's)",
      "sigma": "noise std relative to the image's range (0.15)", "generator": _GEN,
      "chunk": "images per forward, the memory budget (32)"},
     description="SmoothGrad: gradient averaged over noisy copies", cost="(n+1)F+nB, n=samples",
-    relative=2.0 * SMOOTHGRAD_SAMPLES))
+    relative=2.0 * SMOOTHGRAD_SAMPLES, label="SmoothGrad"))
 register("integrated_gradients", Method(
     explain_integrated_gradients,
     {"steps": "Gauss-Legendre points n (50)", "baseline": "constant baseline image value (0.0)",
      "chunk": "images per forward, the memory budget (32)"},
     description="integrated gradients from a constant baseline", cost="(n+1)F+nB, n=steps",
-    relative=100.0))
+    relative=100.0, label="Integrated gradients"))
 
 
 #: Rough cost of part of the CAM family and the perturbation methods relative to Grad-CAM (one
@@ -132,15 +133,23 @@ _RELATIVE = {"gradcampp": 1.0, "xgradcam": 1.0, "layercam": 1.0, "eigencam": 0.6
              "scorecam": 600.0, "occlusion": 450.0, "rise": 800.0, "extremal_perturbation": 950.0}
 
 
+def _label(description: str) -> str:
+    """The display name a table's description starts with (``"Score-CAM: ..."``), else ""."""
+    head, sep, _ = description.partition(": ")
+    return head if sep else ""
+
+
 def _register_table(table: dict[str, tuple[Any, dict[str, Any], str, str, bool]]) -> None:
     """Register the methods of a module's ``METHODS`` table ``name -> (fn, {option: default},
-    description, cost, uses_layer)`` (the CAM family and the perturbation methods)."""
+    description, cost, uses_layer)`` (the CAM family and the perturbation methods). Each
+    description starts with the method's display name and a colon (``"Score-CAM: ..."``): that
+    is its label (:func:`_label`)."""
     for name, (fn, defaults, description, cost, uses_layer) in table.items():
         if name in METHOD_INFO:  # hirescam: already the elementwise Grad-CAM above
             continue
         register(name, Method(fn, {k: f"default {v!r}" for k, v in defaults.items()},
                               uses_layer=uses_layer, description=description, cost=cost,
-                              relative=_RELATIVE.get(name, 1.0)))
+                              relative=_RELATIVE.get(name, 1.0), label=_label(description)))
 
 
 _register_table(_cams.METHODS)
@@ -153,8 +162,10 @@ def list_methods() -> list[str]:
 
 
 def describe_methods() -> list[dict[str, Any]]:
-    """One dict per registered method, cheapest first: name, description, cost, options, layer."""
-    rows = [{"name": n, "description": m.description, "cost": m.cost, "relative": m.relative,
+    """One dict per registered method, cheapest first: name, label (the display name), description,
+    cost, options, layer."""
+    rows = [{"name": n, "label": method_label(n), "description": m.description, "cost": m.cost,
+             "relative": m.relative,
              "options": dict(m.options), "uses_layer": m.uses_layer}
             for n, m in METHOD_INFO.items()]
     return sorted(rows, key=lambda r: (r["relative"], r["name"]))

@@ -29,7 +29,8 @@ from torch import Tensor
 from ..errors import GridcamError
 from .inputs import closest
 
-__all__ = ["ExplainFn", "Method", "METHODS", "METHOD_INFO", "register", "select_options"]
+__all__ = ["ExplainFn", "Method", "METHODS", "METHOD_INFO", "method_label", "register",
+           "select_options"]
 
 ExplainFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -46,6 +47,8 @@ class Method:
         description: one line for ``gridcam methods``.
         cost: forwards/backwards per image, e.g. ``"1F+1B"`` or ``"n F+n B (n=samples, 50)"``.
         relative: rough cost relative to Grad-CAM (1) for one target at the default options.
+        label: the name people read (``"Grad-CAM++"``): ``gridcam methods``, tables, sentences,
+            sheets and report pages all show it (:func:`method_label`); empty: the key.
     """
 
     fn: ExplainFn
@@ -54,6 +57,7 @@ class Method:
     description: str = ""
     cost: str = "1F+1B"
     relative: float = 1.0
+    label: str = ""
 
 
 #: name -> explain function (the historical mapping; the evaluator looks functions up here).
@@ -69,6 +73,13 @@ def register(name: str, method: Method) -> Method:
     METHOD_INFO[name] = method
     METHODS[name] = method.fn
     return method
+
+
+def method_label(name: str) -> str:
+    """The display name of method ``name`` (``"gradcampp"`` -> ``"Grad-CAM++"``): the one naming
+    of methods on every page, table and picture; ``name`` itself when it has no record."""
+    info = METHOD_INFO.get(name)
+    return info.label if info is not None and info.label else name
 
 
 def _info(name: str) -> Method:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 #: Column key -> heading, in the paper's order (classification first, then localisation).
 COLUMNS = {
@@ -20,8 +20,39 @@ COLUMNS = {
 }
 SHORT = {"top1": "top-1", "top5": "top-5", "f1_per_class": "per-class F1", "f1_overall": "overall F1",
          "pointing_game": "PG", "stochastic_pointing_game": "SPG", "content_heatmap": "CH"}
-METHOD_NAMES = {"gradcam": "Grad-CAM", "gradient": "gradient", "input_x_gradient": "input x gradient",
-                "smoothgrad": "SmoothGrad"}
+
+
+class _MethodNames(Mapping[str, str]):
+    """Method key -> display name, read from the method registry (:func:`gridcam.cam.method_label`,
+    the one source of the names ``gridcam methods`` shows); kept under its old name."""
+
+    def __getitem__(self, key: str) -> str:
+        from gridcam import cam
+
+        if key not in cam.METHOD_INFO:
+            raise KeyError(key)
+        return cam.method_label(key)
+
+    def __iter__(self) -> Iterator[str]:
+        from gridcam import cam
+
+        return iter(cam.METHOD_INFO)
+
+    def __len__(self) -> int:
+        from gridcam import cam
+
+        return len(cam.METHOD_INFO)
+
+
+#: Method key -> display name (the registry's labels; :func:`method_name` is the function).
+METHOD_NAMES: Mapping[str, str] = _MethodNames()
+
+
+def method_name(method: str) -> str:
+    """The display name of ``method`` (``"gradcampp"`` -> ``"Grad-CAM++"``), else ``method``."""
+    from gridcam import cam
+
+    return cam.method_label(method)
 
 
 @dataclass
@@ -85,7 +116,7 @@ def results_table(rows: Sequence[Row], fmt: str = "markdown", differences: bool 
     keys = columns(rows)
     pairs = any(r.pairs is not None for r in rows)
     head = ["Model", "Method", *(COLUMNS[k] for k in keys), *(["Pairs"] if pairs else [])]
-    body = [[r.name, METHOD_NAMES.get(r.method, r.method), *(_cell(r, k) for k in keys),
+    body = [[r.name, method_name(r.method), *(_cell(r, k) for k in keys),
              *([str(r.pairs) if r.pairs is not None else "-"] if pairs else [])] for r in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |",
@@ -138,14 +169,14 @@ def sentences(rows: Sequence[Row], method: str | None = None,
         where += f" (localisation over the {ref.pairs} (image, class) pairs every model scored)"
     if len(group) == 1:
         vals = ", ".join(f"{SHORT[k]} {ref.metrics[k]:.2f}" for k in columns([ref]))
-        return [f"{ref.name} with {METHOD_NAMES.get(method, method)}{where}: {vals}."]
+        return [f"{ref.name} with {method_name(method)}{where}: {vals}."]
     parts = []
     loc = [k for k in ("stochastic_pointing_game", "content_heatmap", "pointing_game") if k in columns(group)]
     cls = [k for k in ("top1", "f1_overall") if k in columns(group)]
     for other in group[1:]:
         bits = [_compare(k, other.metrics[k], ref.metrics[k], other.name, ref.name)  # type: ignore[arg-type]
                 for k in loc if other.metrics.get(k) is not None and ref.metrics.get(k) is not None]
-        text = f"With {METHOD_NAMES.get(method, method)}{where}, {other.name}'s " + "; its ".join(bits)
+        text = f"With {method_name(method)}{where}, {other.name}'s " + "; its ".join(bits)
         for k in cls:
             if other.metrics.get(k) is not None and ref.metrics.get(k) is not None:
                 d = other.metrics[k] - ref.metrics[k]  # type: ignore[operator]
