@@ -6,6 +6,13 @@ one side-by-side sheet (rows = models, columns = methods) for one class shared b
 ``--class`` given, else the first model's top-1), so "Baseline vs GC" is one picture. Writes
 ``OUT/predictions.json`` and ``OUT/index.html`` listing every sheet.
 
+Every heatmap picture is a :func:`gridcam.report.overlay.heat_panel`: the image at display size
+(small images enlarged by a whole factor, nearest-neighbour), the map on the "times its mean"
+colour scale with its colour bar, and above it the explained class with its probability and, when
+that is not the model's top-1, the predicted class with its probability. Methods are named by their
+display names (``gridcam methods``). A progress bar over images x models x methods goes to stderr
+when it is a terminal (``ExplainConfig.progress``).
+
 Images of any size, grayscale, CMYK, palette or 16-bit are decoded to RGB by :mod:`gridcam.data.io`;
 an unreadable file is reported in one line (``gridcam: warning: FILE: cause``) and skipped.
 """
@@ -24,11 +31,15 @@ from PIL import Image
 
 from gridcam.errors import GridcamError
 from gridcam.report.names import class_names, resolve_class
-from gridcam.report.summary import METHOD_NAMES
-from gridcam.report.overlay import captioned, fit, overlay, sheet, with_colorbar
+from gridcam.report.overlay import (SCALE_NOTE, captioned, check_picture_options, for_display,
+                                    heat_panel, sheet)
+from gridcam.report.summary import method_name
 
-#: Longest side of the pictures written (the heatmap is computed on the model input, then resized).
+#: Overlay files: the image fits DISPLAY x DISPLAY px (a small one is enlarged by a whole factor,
+#: nearest-neighbour; the heatmap is computed on the model input, then resized bilinearly).
 DISPLAY = 320
+#: Sheets: every picture is CELL px tall (at most 2 x CELL wide), drawn at that size.
+CELL = 224
 #: The model input's longer side is capped at this multiple of ``input_resize`` (a 1x5000 strip
 #: would otherwise become 224 x 1.1M pixels).
 MAX_ASPECT = 6
@@ -51,6 +62,8 @@ class ExplainConfig:
     alpha: float = 0.5
     cmap: str = "jet"
     device: str | None = None
+    #: a tqdm bar on stderr over images x models x methods; None: when stderr is a terminal
+    progress: bool | None = None
 
 
 @dataclass
@@ -64,8 +77,10 @@ class LoadedModel:
 
 
 def warn(path: object, cause: str) -> None:
-    """The one-line warning for a skipped input."""
-    print(f"gridcam: warning: {path}: {cause}", file=sys.stderr)
+    """The one-line warning for a skipped input (above the progress bar, if one is shown)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"gridcam: warning: {path}: {cause}", file=sys.stderr)
 
 
 def collect_images(inputs: Sequence[str]) -> list[Path]:
@@ -85,9 +100,19 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def model_names(paths: Sequence[str]) -> list[str]:
-    """Short distinct labels: the run folder's name, else folder/file, else the whole path."""
+    """Short distinct labels: the run folder's name, else the part of the paths that differs
+    (``runs/baseline/seed0/x.pth.tar`` vs ``runs/gc/seed0/x.pth.tar``: ``baseline``, ``gc``), else
+    folder/file, else the whole path."""
     ps = [Path(p) for p in paths]
-    for label in (lambda p: p.parent.name or p.stem, lambda p: f"{p.parent.name}/{p.name}", str):
+
+    def differing(p: Path) -> str:
+        parts = [q.parts for q in ps]
+        lead = next((i for i in range(min(map(len, parts))) if len({x[i] for x in parts}) > 1), 0)
+        tail = next((i for i in range(1, min(map(len, parts)) - lead + 1)
+                     if len({x[-i] for x in parts}) > 1), 1)
+        return "/".join(p.parts[lead:len(p.parts) - tail + 1]) or str(p)
+
+    for label in (lambda p: p.parent.name or p.stem, differing, lambda p: f"{p.parent.name}/{p.name}", str):
         names = [label(p) for p in ps]
         if len(set(names)) == len(names):
             return names
@@ -128,8 +153,8 @@ def model_input(image: Image.Image, input_resize: int) -> torch.Tensor:
 
 
 def display_image(image: Image.Image) -> Image.Image:
-    s = min(1.0, DISPLAY / max(image.size))
-    return image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))), Image.BILINEAR)
+    """``image`` fitted into DISPLAY x DISPLAY px (:func:`~gridcam.report.overlay.for_display`)."""
+    return for_display(image, DISPLAY, DISPLAY)
 
 
 def _targets(lm: LoadedModel, probs: torch.Tensor, cfg: ExplainConfig, sheet_class: int | None) -> list[int]:
@@ -140,8 +165,9 @@ def _targets(lm: LoadedModel, probs: torch.Tensor, cfg: ExplainConfig, sheet_cla
 
 
 def explain_one(image: Image.Image, lm: LoadedModel, cfg: ExplainConfig, device: torch.device,
-                sheet_class: int | None) -> dict[str, Any]:
-    """Predictions and display-size heatmaps ``{method: (T,H,W)}`` of one model on one image."""
+                sheet_class: int | None, tick: Any = None) -> dict[str, Any]:
+    """Predictions and heatmaps ``{method: (T,h,w)}`` (at the model input's resolution or the
+    layer's; pictures resize them) of one model on one image; ``tick()`` after each method."""
     from gridcam import cam
 
     x = model_input(image, cfg.input_resize).to(device)
@@ -149,33 +175,39 @@ def explain_one(image: Image.Image, lm: LoadedModel, cfg: ExplainConfig, device:
         logits = lm.model(x).float()
         probs = (torch.sigmoid(logits) if lm.multilabel else torch.softmax(logits, dim=1))[0].cpu()
     targets = _targets(lm, probs, cfg, sheet_class)
-    disp = display_image(image)
     heats = {}
     t = torch.tensor([targets], dtype=torch.long, device=device)
     for method in cfg.methods:
         heat, _ = cam.explain(method, lm.model, lm.layer, x, t)
-        heat = torch.nan_to_num(heat.detach().float().cpu()).clamp_min(0)
-        heats[method] = cam.upsample(heat, (disp.height, disp.width))[0]
+        heats[method] = torch.nan_to_num(heat.detach().float().cpu()).clamp_min(0)[0]
+        if tick is not None:
+            tick()
     k = min(max(cfg.topk, 5), probs.numel())
     top = probs.topk(k)
-    return {"probs": probs, "targets": targets, "heats": heats, "display": disp,
+    return {"probs": probs, "targets": targets, "heats": heats, "image": image,
             "topk": [{"index": int(i), "name": lm.names[int(i)], "prob": round(float(p), 4),
                       **({"wnid": lm.wnids[int(i)]} if len(lm.wnids) == len(lm.names) else {})}
                      for p, i in zip(top.values, top.indices)]}
+
+
+def class_lines(names: Sequence[str], probs: torch.Tensor, k: int) -> list[str]:
+    """Caption of a heatmap of class ``k``: its probability, and the predicted class with its
+    probability when that is another class."""
+    best = int(probs.argmax())
+    line = f"{names[k]}: p = {float(probs[k]):.2f}"
+    if best == k:
+        return [line + " (predicted)"]
+    return [line, f"predicted: {names[best]} {float(probs[best]):.2f}"]
 
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
 
 
-def _panel(disp: Image.Image, heat: torch.Tensor, cfg: ExplainConfig, lines: list[str]) -> Image.Image:
-    return captioned(with_colorbar(overlay(disp, heat, alpha=cfg.alpha, cmap=cfg.cmap), cfg.cmap), lines)
-
-
-def run(cfg: ExplainConfig) -> dict[str, Any]:
-    """Explain every input image with every model and method; return the predictions record."""
+def check_config(cfg: ExplainConfig) -> None:
+    """Refuse bad settings in one GridcamError line before any work (methods, checkpoints,
+    ``topk``, ``alpha``, ``cmap``, ``input_resize``)."""
     from gridcam import cam
-    from gridcam.data.io import BadImage, load_image
 
     unknown = [m for m in cfg.methods if m not in cam.list_methods()]
     if unknown:
@@ -184,6 +216,23 @@ def run(cfg: ExplainConfig) -> dict[str, Any]:
         raise GridcamError("--checkpoint PATH is required")
     if cfg.topk < 1:
         raise GridcamError(f"--topk {cfg.topk}: must be at least 1")
+    check_picture_options(alpha=cfg.alpha, cmap=cfg.cmap, input_resize=cfg.input_resize)
+
+
+def _progress(cfg: ExplainConfig, total: int):
+    from tqdm import tqdm
+
+    enabled = cfg.progress if cfg.progress is not None else bool(
+        getattr(sys.stderr, "isatty", lambda: False)())
+    return tqdm(total=total, desc="explain", unit="map", dynamic_ncols=True, file=sys.stderr,
+                disable=not enabled)
+
+
+def run(cfg: ExplainConfig) -> dict[str, Any]:
+    """Explain every input image with every model and method; return the predictions record."""
+    from gridcam.data.io import BadImage, load_image
+
+    check_config(cfg)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     paths = collect_images(cfg.inputs)
     lms = load_models(cfg, device, near=[Path(s) for s in cfg.inputs])
@@ -192,33 +241,38 @@ def run(cfg: ExplainConfig) -> dict[str, Any]:
     with_sheet = len(lms) > 1 or len(cfg.methods) > 1
     record: dict[str, Any] = {"models": {lm.name: str(p) for lm, p in zip(lms, cfg.checkpoints)},
                               "methods": list(cfg.methods), "images": [], "skipped": []}
-    for i, path in enumerate(paths):
-        try:
-            image = load_image(path)
-        except BadImage as exc:
-            warn(path, exc.reason)
-            record["skipped"].append({"image": str(path), "cause": exc.reason})
-            continue
-        stem = f"{i:03d}_{_safe(path.stem)}"
-        entry: dict[str, Any] = {"image": str(path), "size": [image.height, image.width], "models": {}}
-        sheet_class = None
-        rows = []
-        for lm in lms:
-            res = explain_one(image, lm, cfg, device, sheet_class)
-            if sheet_class is None:
-                sheet_class = res["targets"][0]
-            overlays = _write_overlays(out, stem, lm, res, cfg)
-            entry["models"][lm.name] = {"top": res["topk"][:cfg.topk], "overlays": overlays}
-            rows.append(_sheet_row(lm, res, sheet_class, cfg))
-        if with_sheet and sheet_class is not None:
-            (out / "sheets").mkdir(exist_ok=True)
-            title = f"{path.name}: explanations of '{lms[0].names[sheet_class]}'"
-            img = sheet(rows, row_labels=[lm.name for lm in lms], col_labels=["image: top-3", *(METHOD_NAMES.get(m, m) for m in cfg.methods)],
-                        title=title)
-            img.save(out / "sheets" / f"{stem}.png")
-            entry["sheet"] = f"sheets/{stem}.png"
-            entry["sheet_class"] = {"index": sheet_class, "name": lms[0].names[sheet_class]}
-        record["images"].append(entry)
+    per_image = len(lms) * len(cfg.methods)
+    with _progress(cfg, len(paths) * per_image) as bar:
+        for i, path in enumerate(paths):
+            try:
+                image = load_image(path)
+            except BadImage as exc:
+                warn(path, exc.reason)
+                record["skipped"].append({"image": str(path), "cause": exc.reason})
+                bar.update(per_image)
+                continue
+            bar.set_postfix_str(path.name[-30:], refresh=False)
+            stem = f"{i:03d}_{_safe(path.stem)}"
+            entry: dict[str, Any] = {"image": str(path), "size": [image.height, image.width], "models": {}}
+            sheet_class = None
+            rows = []
+            for lm in lms:
+                res = explain_one(image, lm, cfg, device, sheet_class, tick=lambda: bar.update(1))
+                if sheet_class is None:
+                    sheet_class = res["targets"][0]
+                overlays = _write_overlays(out, stem, lm, res, cfg)
+                entry["models"][lm.name] = {"top": res["topk"][:cfg.topk], "overlays": overlays}
+                rows.append(_sheet_row(lm, res, sheet_class, cfg))
+            if with_sheet and sheet_class is not None:
+                (out / "sheets").mkdir(exist_ok=True)
+                title = f"{path.name}: explanations of '{lms[0].names[sheet_class]}'"
+                img = sheet(rows, row_labels=[lm.name for lm in lms],
+                            col_labels=["image: top-3", *(method_name(m) for m in cfg.methods)],
+                            title=title, note=SCALE_NOTE)
+                img.save(out / "sheets" / f"{stem}.png")
+                entry["sheet"] = f"sheets/{stem}.png"
+                entry["sheet_class"] = {"index": sheet_class, "name": lms[0].names[sheet_class]}
+            record["images"].append(entry)
     if not record["images"]:
         raise GridcamError("no readable image among the inputs: " + ", ".join(map(str, cfg.inputs)))
     (out / "predictions.json").write_text(json.dumps(record, indent=1))
@@ -233,22 +287,24 @@ def _write_overlays(out: Path, stem: str, lm: LoadedModel, res: dict[str, Any],
     for method, heat in res["heats"].items():
         for j, k in enumerate(res["targets"][:n]):
             name = f"overlays/{stem}__{_safe(lm.name)}__{method}__{k}.png"
-            lines = [f"{lm.name} | {method}", f"{lm.names[k]}  p={float(res['probs'][k]):.2f}"]
-            _panel(res["display"], heat[j], cfg, lines).save(out / name)
+            lines = [f"{lm.name} | {method_name(method)}", *class_lines(lm.names, res["probs"], k)]
+            heat_panel(res["image"], heat[j], lines, height=DISPLAY, max_width=DISPLAY,
+                       alpha=cfg.alpha, cmap=cfg.cmap, size=13).save(out / name)
             written.append(name)
     return written
 
 
 def _sheet_row(lm: LoadedModel, res: dict[str, Any], k: int, cfg: ExplainConfig) -> list[Image.Image]:
-    disp = fit(res["display"], 200, max_width=400)
+    disp = for_display(res["image"], CELL, 2 * CELL)
     lines = [f"{t['name']}  {t['prob']:.2f}" for t in res["topk"][:3]]
-    row = [captioned(disp, lines, size=12, width=max(disp.width, 150))]
     j = res["targets"].index(k)
+    caption = class_lines(lm.names, res["probs"], k)
+    n = max(len(lines), len(caption))   # blank lines first: the pictures of a row line up
+    lines, caption = [""] * (n - len(lines)) + lines, [""] * (n - len(caption)) + caption
+    row = [captioned(disp, lines, size=12, width=max(disp.width, 150))]
     for method in cfg.methods:
-        heat = res["heats"][method][j]
-        panel = with_colorbar(overlay(res["display"], heat, alpha=cfg.alpha, cmap=cfg.cmap), cfg.cmap)
-        row.append(captioned(fit(panel, 200, max_width=460),
-                             [f"p({lm.names[k]}) = {float(res['probs'][k]):.2f}"], size=12))
+        row.append(heat_panel(res["image"], res["heats"][method][j], caption, height=CELL,
+                              max_width=2 * CELL, alpha=cfg.alpha, cmap=cfg.cmap, size=12))
     return row
 
 
@@ -265,7 +321,7 @@ def write_index(path: Path, record: dict[str, Any]) -> Path:
              "h2{font-size:1.1em;margin-top:2em}</style>",
              "<h1>gridcam explain</h1>",
              f"<p>Models: {e(', '.join(f'{k} ({v})' for k, v in record['models'].items()))}. "
-             f"Methods: {e(', '.join(record['methods']))}.</p>"]
+             f"Methods: {e(', '.join(method_name(m) for m in record['methods']))}.</p>"]
     for entry in record["images"]:
         parts.append(f"<h2>{e(Path(entry['image']).name)} <small>({entry['size'][1]}×{entry['size'][0]})</small></h2>")
         rows = "".join(

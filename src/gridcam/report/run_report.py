@@ -21,11 +21,13 @@ from PIL import Image
 
 from gridcam.errors import GridcamError
 from gridcam.report.names import class_names
-from gridcam.report.overlay import captioned, fit, mask_outline, overlay, sheet, with_colorbar
+from gridcam.report.explain import class_lines
+from gridcam.report.overlay import (SCALE_NOTE, captioned, check_picture_options, for_display, heat_panel,
+                                    mask_outline, sheet)
 from gridcam.report.plots import plot_curves
 from gridcam.report.runs import (Run, choose_images, load_run, on_common_pairs, pair_scores, paired_ci,
                                  rows_from_runs)
-from gridcam.report.summary import METHOD_NAMES, results_table, sentences
+from gridcam.report.summary import method_name, results_table, sentences
 
 CELL = 200
 
@@ -42,6 +44,9 @@ class ReportConfig:
     method: str = "gradcam"
     title: str | None = None
     input_resize: int | None = None
+    #: heatmap opacity in [0, 1] and matplotlib colormap of the heatmap pictures
+    alpha: float = 0.5
+    cmap: str = "jet"
     #: verdict lines to show first instead of the computed ones (the study's per-image verdicts)
     verdicts: Sequence[str] | None = None
 
@@ -86,14 +91,23 @@ def _dataset(first: Loaded, input_resize: int):
         return None
 
 
-def _heat(lm: Loaded, method: str, item: dict[str, Any], k: int) -> torch.Tensor:
-    """(H,W) heatmap of class index ``k`` at the original size, normalised to sum 1 (zeros if empty)."""
+def _heat(lm: Loaded, method: str, item: dict[str, Any], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H,W) heatmap of class index ``k`` at the original size, normalised to sum 1 (zeros if
+    empty), and the model's class probabilities (C,) for the image (sigmoid for a multi-label
+    model, softmax otherwise)."""
     from gridcam import cam
 
-    heat, _ = cam.explain(method, lm.model, lm.layer, item["image"][None], torch.tensor([[k]]))
+    heat, logits = cam.explain(method, lm.model, lm.layer, item["image"][None], torch.tensor([[k]]))
     heat = cam.upsample(heat.detach().float()[:, 0], item["size"])[0].clamp_min(0)
     s = heat.sum()
-    return heat / s if s > 0 else heat
+    logits = logits.detach().float()[0]
+    probs = torch.sigmoid(logits) if _multilabel(lm) else torch.softmax(logits, dim=0)
+    return (heat / s if s > 0 else heat), probs
+
+
+def _multilabel(lm: Loaded) -> bool:
+    kind = lm.run.config.get("dataset") or lm.meta.get("dataset") or (lm.meta.get("args") or {}).get("dataset")
+    return kind == "coco"
 
 
 def _candidate_scores(loaded: Sequence[Loaded], ds, method: str, n: int) -> dict[tuple[int, int], list[float]]:
@@ -107,7 +121,7 @@ def _candidate_scores(loaded: Sequence[Loaded], ds, method: str, n: int) -> dict
             continue
         k = int(item["classes"][0])
         mask = item["masks"][0]
-        scores[(i, k)] = [float(_heat(lm, method, item, k)[mask].sum()) for lm in loaded]
+        scores[(i, k)] = [float(_heat(lm, method, item, k)[0][mask].sum()) for lm in loaded]
     return scores
 
 
@@ -134,15 +148,19 @@ def heatmap_comparison(loaded: Sequence[Loaded], ds, cfg: ReportConfig, names: l
         image = _load(item["path"])
         present = item["classes"].tolist()
         mask = item["masks"][present.index(k)] if k in present else None
-        ground = mask_outline(image, mask) if mask is not None else image
-        cells = [captioned(fit(ground, CELL, 2 * CELL), [f"{Path(item['path']).name}", f"{names[k]}: {why}"],
-                           size=12, width=CELL + 40)]
-        for lm, s in zip(loaded, scores[(i, k)]):
-            heat = _heat(lm, method, item, k)
-            over = mask_outline(overlay(image, heat), mask) if mask is not None else overlay(image, heat)
-            cells.append(captioned(fit(over, CELL, 2 * CELL), [f"{metric} {100 * s:.1f} %"], size=12))
+        shown = for_display(image, CELL, 2 * CELL)
+        ground = mask_outline(shown, mask) if mask is not None else shown
+        maps = [_heat(lm, method, item, k) for lm in loaded]
+        captions = [[f"{Path(item['path']).name}", f"{names[k]}: {why}"],
+                    *([f"{metric} {100 * s:.1f} %", *class_lines(names, probs, k)]
+                      for s, (_, probs) in zip(scores[(i, k)], maps))]
+        n = max(map(len, captions))   # blank lines first: the pictures of a row line up
+        captions = [[""] * (n - len(c)) + c for c in captions]
+        cells = [captioned(ground, captions[0], size=12, width=CELL + 40)]
+        cells += [heat_panel(image, heat, lines, height=CELL, max_width=2 * CELL, alpha=cfg.alpha,
+                             cmap=cfg.cmap, mask=mask) for (heat, _), lines in zip(maps, captions[1:])]
         rows.append(cells)
-    img = sheet(rows, col_labels=["image + ground truth", *(lm.run.name for lm in loaded)])
+    img = sheet(rows, col_labels=["image + ground truth", *(lm.run.name for lm in loaded)], note=SCALE_NOTE)
     img.save(path)
     return path, how
 
@@ -178,7 +196,8 @@ def _composite_items(ds) -> list[tuple[int, int]] | None:
     return [first, *ordered[:3]]
 
 
-def training_composite(loaded: Sequence[Loaded], ds, path: Path, size: int) -> Path | None:
+def training_composite(loaded: Sequence[Loaded], ds, path: Path, size: int, alpha: float = 0.5,
+                       cmap: str = "jet") -> Path | None:
     """Rows per model: the 2x2 composite (image of class c top-right, three of other classes), its
     target map (the image's own normalised Grad-CAM placed in its quadrant) and the model's Grad-CAM
     of the composite for c, with the consistency loss (mean |u - T|) of that example."""
@@ -206,12 +225,11 @@ def training_composite(loaded: Sequence[Loaded], ds, path: Path, size: int) -> P
         target = grid.place(t, q)
         loss = (f"mean |u - T| = {float(grid.consistency_loss(u, target)):.4f}"
                 if u.shape == target.shape else "maps of different sizes")
-        rows.append([captioned(shown.resize((CELL, CELL)), ["composite (class at top right)"], size=12),
-                     captioned(with_colorbar(overlay(shown, target[0].detach()).resize((CELL, CELL))),
-                               ["target T: own map, placed"], size=12),
-                     captioned(with_colorbar(overlay(shown, u[0].detach()).resize((CELL, CELL))),
-                               [f"model's map u ({loss})"], size=12)])
-    sheet(rows, row_labels=[lm.run.name for lm in loaded]).save(path)
+        panel = dict(height=CELL, max_width=CELL, alpha=alpha, cmap=cmap, size=12)
+        rows.append([captioned(for_display(shown, CELL, CELL), ["composite (class at top right)", ""], size=12),
+                     heat_panel(shown, target[0].detach(), ["target T: own map, placed", ""], **panel),
+                     heat_panel(shown, u[0].detach(), ["model's map u", loss], **panel)])
+    sheet(rows, row_labels=[lm.run.name for lm in loaded], note=SCALE_NOTE).save(path)
     return path
 
 
@@ -225,6 +243,7 @@ def build(cfg: ReportConfig) -> dict[str, Any]:
 
     if cfg.method not in cam.list_methods():
         raise GridcamError(f"--method {cfg.method}: unknown (choose from {', '.join(cam.list_methods())})")
+    check_picture_options(alpha=cfg.alpha, cmap=cfg.cmap, input_resize=cfg.input_resize)
     names = list(cfg.names or [])
     runs = [load_run(p, names[i] if i < len(names) else None) for i, p in enumerate(cfg.runs)]
     if len({r.name for r in runs}) < len(runs):
@@ -252,11 +271,11 @@ def build(cfg: ReportConfig) -> dict[str, Any]:
             classes = class_names(_num_outputs(first.model), first.meta, near=[ds.root] if hasattr(ds, "root") else [])
             got = heatmap_comparison(loaded, ds, cfg, classes, out / "heatmaps.png")
             if got is not None:
-                figures.append((f"{METHOD_NAMES.get(cfg.method, cfg.method)} of the same validation images",
+                figures.append((f"{method_name(cfg.method)} of the same validation images",
                                 got[0], f"Ground truth outlined in white. Chosen by {got[1]}: half where "
                                 "the models disagree most, half where they agree."))
             size = int((first.meta.get("args") or {}).get("image_size") or resize)
-            comp = training_composite(loaded, ds, out / "composite.png", size)
+            comp = training_composite(loaded, ds, out / "composite.png", size, cfg.alpha, cfg.cmap)
             if comp is not None:
                 figures.append(("One training composite", comp,
                                 "Grad-CAM consistency compares the model's map of the 2x2 image (u) with the "
