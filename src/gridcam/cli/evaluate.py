@@ -62,7 +62,17 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
                    help="Grad-CAM weighting: elementwise (the paper's: activations x gradients per "
                         "position) or classic (channel weights = mean gradient)")
     p.add_argument("--metrics", default="pg,spg,ch",
-                   help="comma-separated: pg (pointing game), spg (stochastic PG), ch (content heatmap)")
+                   help="comma-separated: pg (pointing game), spg (stochastic PG), ch (content heatmap), "
+                        "deletion, insertion (RISE's AUCs), focus (2x2 mosaics), randomisation "
+                        "(Spearman vs a re-initialised top); see docs/metrics.md")
+    p.add_argument("--faithfulness-steps", type=_positive, default=32,
+                   help="deletion/insertion: steps of the curve (n+1 points)")
+    p.add_argument("--deletion-baseline", choices=["zero", "mean", "blur"], default="zero",
+                   help="what deleted pixels become (RISE: zero)")
+    p.add_argument("--insertion-baseline", choices=["zero", "mean", "blur"], default="blur",
+                   help="what insertion starts from (RISE: blur)")
+    p.add_argument("--faithfulness-batch", type=_positive, default=None,
+                   help="perturbed images per forward (default: 64 on GPU, cache-sized on CPU)")
     p.add_argument("--tolerance", type=float, default=15.0, help="pointing-game tolerance in pixels")
     p.add_argument("--spg-samples", type=positive, default=100,
                    help="draws per heatmap for the stochastic PG")
@@ -180,6 +190,8 @@ def config_from_args(args: argparse.Namespace, meta: Mapping[str, Any],
         method_options=method_options(args),
         methods=parse_methods(args.methods, several=True, allow_all=True), metrics=args.metrics, gradcam_variant=args.gradcam_variant,
         tolerance=args.tolerance, spg_samples=args.spg_samples, seed=args.seed,
+        faithfulness_steps=args.faithfulness_steps, deletion_baseline=args.deletion_baseline,
+        insertion_baseline=args.insertion_baseline, faithfulness_batch=args.faithfulness_batch,
         batch_size=args.batch_size, workers=args.workers, limit=args.limit,
         input_resize=args.input_resize, multilabel=args.dataset == "coco",
         num_classes=num_classes, per_image=args.per_image, output=None,

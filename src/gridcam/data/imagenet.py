@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from gridcam.errors import GridcamError
@@ -364,6 +365,17 @@ class ImageNetValLoc(_ValBase):
                     if r.problem is None:
                         r.problem = exc.problem
             self.sizes.append(r.size)
+
+    def presence_matrix(self) -> np.ndarray:
+        """(N, C) bool from the annotations (no decoding): image ``i`` is of class ``c`` (its first
+        object's class). An image with a known problem, or whose class is unknown, has no class."""
+        m = np.zeros((len(self.records), len(self.classes)), dtype=bool)
+        for i, r in enumerate(self.records):
+            if r.problem is None:
+                _, label = _class_of_first(r.objects or [], self.class_to_idx)
+                if label >= 0:
+                    m[i, label] = True
+        return m
 
     def __getitem__(self, index: int):
         out = self.load(index)

@@ -3,12 +3,16 @@
 The paper runs three scripts (pointing game, stochastic pointing game, content heatmap), each a full
 pass at batch size 1 that recomputes Grad-CAM. Here one pass computes, for every requested
 explanation method, every requested metric, plus the classification scores (top-1/top-5 for
-ImageNet, per-class and overall P/R/F1 for COCO) from the same forward. One call flows through:
+ImageNet, per-class and overall P/R/F1 for COCO) from the same forward. Besides localisation the
+metrics include deletion, insertion, Focus and the randomisation test
+(:mod:`gridcam.evaluation.beyond`, docs/metrics.md). One call flows through:
 
 - :mod:`gridcam.evaluation.pipeline`: the batch plan (images of equal transformed size together),
   loader threads or processes, and on small CPU hosts the model one batch ahead in a thread;
 - :mod:`gridcam.evaluation.forward`: the model stage, explaining a group of equal-size images (fast
   Grad-CAM route, micro-batches, oneDNN max-pool; bit-identical heatmaps);
+- :mod:`gridcam.evaluation.beyond`: deletion/insertion curves, Focus mosaics, the re-initialised
+  copy (in the model stage, after the explanations);
 - :mod:`gridcam.evaluation.scoring`: heatmaps -> PG / SPG / CH per (image, class) pair, classification;
 - :mod:`gridcam.evaluation.totals`: integer counts, merged exactly across ranks and resumed runs;
 - :mod:`gridcam.evaluation.records`: the per-image JSON-lines file (header, resume, ranks' parts).
@@ -41,6 +45,7 @@ from torch import nn
 
 from gridcam import problems as P
 from gridcam.runtime import distributed as D
+from gridcam.evaluation import beyond
 from gridcam.evaluation import forward as F
 from gridcam.evaluation import pipeline
 from gridcam.evaluation import records
@@ -49,7 +54,7 @@ from gridcam.evaluation.pipeline import plan_batches
 from gridcam.runtime.files import atomic_write_json
 from gridcam.evaluation.scoring import spg_uniforms
 from gridcam.evaluation.tables import format_table
-from gridcam.evaluation.totals import METRICS, Evaluation, new_totals
+from gridcam.evaluation.totals import ALL_METRICS, METRICS, Evaluation, new_totals
 from gridcam.errors import GridcamError
 
 __all__ = [
@@ -63,14 +68,20 @@ class EvalConfig:
     """Settings of one evaluation (the ``gridcam evaluate`` flags, as Python values).
 
     methods: names in ``gridcam.cam.METHODS`` (a list or a comma-separated string), or "all".
-    metrics: subset of ``METRICS`` keys {"pg", "spg", "ch"} (list or comma-separated string).
+    metrics: subset of ``ALL_METRICS`` keys {"pg", "spg", "ch", "deletion", "insertion", "focus",
+        "randomisation"} (list or comma-separated string).
     gradcam_variant: "elementwise" or "classic" (None: the method's default, elementwise).
     method_options: more keyword arguments of the methods (each method gets the ones it declares,
         see ``gridcam methods``; an option no method declares is an error), e.g.
         ``{"method_batch": 32, "samples": 20}``.
     tolerance: pointing-game tolerance in px (strict). spg_samples: SPG draws per pair.
     seed: SPG seed (the draws of an image depend only on (seed, its key), see
-        :func:`gridcam.data.image_key`).
+        :func:`gridcam.data.image_key`); also seeds the Focus mosaics and the re-initialised copy.
+    faithfulness_steps: steps of the deletion/insertion curves (n; n+1 points).
+    deletion_baseline / insertion_baseline: what removed pixels become / inserted pixels start
+        from: "zero", "mean" or "blur" (RISE's: zero and blur).
+    faithfulness_batch: perturbed images per forward (None: 64 on GPUs, the cache-sized
+        micro-batch on CPU).
     batch_size: images per forward. workers: DataLoader worker processes (0: loader threads).
     limit: evaluate only images ``0..limit-1``.
     input_resize: shorter side the dataset's transform resizes to (for size bucketing).
@@ -92,6 +103,10 @@ class EvalConfig:
     tolerance: float = 15.0
     spg_samples: int = 100
     seed: int = 0
+    faithfulness_steps: int = 32
+    deletion_baseline: str = "zero"
+    insertion_baseline: str = "blur"
+    faithfulness_batch: int | None = None
     batch_size: int = 16
     workers: int = 0
     limit: int | None = None
@@ -122,6 +137,7 @@ class _Run:
     header: dict[str, Any]
     rank: int
     world: int
+    beyond: beyond.Settings | None = None
 
 
 def evaluate(model: nn.Module, dataset: Any, config: EvalConfig | None = None, *,
@@ -169,7 +185,7 @@ def evaluate(model: nn.Module, dataset: Any, config: EvalConfig | None = None, *
                 P.report(p)
 
     # Merge every rank's counts exactly (integers), then the per-image parts.
-    total = new_totals(run.methods, run.num_classes, cfg.spg_samples, run.multilabel)
+    total = new_totals(run.methods, run.num_classes, cfg.spg_samples, run.multilabel, run.metrics)
     for s in D.all_gather_object(run.totals.state()):
         total.merge_state(s)  # type: ignore[arg-type]
     if path is not None:
@@ -200,7 +216,7 @@ def _setup(model: nn.Module, dataset: Any, cfg: EvalConfig, layer: nn.Module | N
     distributed = D.dist.is_available() and D.dist.is_initialized()
     rank = D.dist.get_rank() if distributed else 0
     world = D.dist.get_world_size() if distributed else 1
-    metrics = _parse_list(cfg.metrics, METRICS, "metric")
+    metrics = _parse_list(cfg.metrics, ALL_METRICS, "metric")
     methods = _parse_methods(cfg.methods)
     if cfg.spg_samples < 1:
         raise GridcamError(f"--spg-samples must be >= 1, got {cfg.spg_samples}")
@@ -223,19 +239,25 @@ def _setup(model: nn.Module, dataset: Any, cfg: EvalConfig, layer: nn.Module | N
     opts.update(cfg.method_options or {})
     for method in methods:  # a misspelt option fails before the pass, naming the valid ones
         cam.select_options(method, opts)
+    more = beyond.settings(metrics, steps=cfg.faithfulness_steps,
+                           deletion_baseline=cfg.deletion_baseline,
+                           insertion_baseline=cfg.insertion_baseline, batch=cfg.faithfulness_batch,
+                           model=model, layer=layer, methods=methods, opts=opts, device=device,
+                           seed=cfg.seed)
     recorded = dict(cfg.record or {})
     split = getattr(_unwrap(dataset), "split", None)
     if split is not None:  # the split actually read (the CLI's --split may be None)
         recorded["split"] = str(split)
     recorded.update(methods=list(methods), metrics=list(metrics), tolerance=cfg.tolerance,
-                    spg_samples=cfg.spg_samples, seed=cfg.seed, method_options=_jsonable(opts))
+                    spg_samples=cfg.spg_samples, seed=cfg.seed, method_options=_jsonable(opts),
+                    **beyond.recorded(more))
     return _Run(
         model=model, layer=layer, device=device, methods=methods, metrics=metrics, opts=opts,
         num_classes=num_classes, multilabel=bool(multilabel),
         scoring=scoring.Scoring(tuple(metrics), float(cfg.tolerance), int(cfg.spg_samples),
                                 int(cfg.seed)),
-        totals=new_totals(methods, num_classes, cfg.spg_samples, bool(multilabel)),
-        header=records.make_header(recorded), rank=rank, world=world)
+        totals=new_totals(methods, num_classes, cfg.spg_samples, bool(multilabel), metrics),
+        header=records.make_header(recorded), rank=rank, world=world, beyond=more)
 
 
 def _score_batches(run: _Run, dataset: Any, batches: list[list[int]], cfg: EvalConfig,
@@ -248,9 +270,12 @@ def _score_batches(run: _Run, dataset: Any, batches: list[list[int]], cfg: EvalC
                     initial=resumed if run.world == 1 else 0)
 
     def forward(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return F.precompute(items, run.model, run.layer, run.methods, run.opts, run.device,
-                            run.scoring.seed)
+        items = F.precompute(items, run.model, run.layer, run.methods, run.opts, run.device,
+                             run.scoring.seed)
+        return items if run.beyond is None else beyond.precompute(run.beyond, items)
 
+    if run.beyond is not None and "focus" in run.beyond.metrics:
+        dataset = beyond.MosaicSource(dataset, run.scoring.seed)  # loads the mosaics' images too
     try:
         loaded = pipeline.load_batches(dataset, batches, cfg.workers)
         with pipeline.model_ahead(loaded, run.model, run.device, forward) as batches_in:
@@ -271,8 +296,10 @@ def _score_batch(run: _Run, items: list[dict[str, Any]]) -> list[dict[str, Any]]
     for group in F.group_by_shape(items):
         targets, counts, explained = F.explained_group(
             group, run.model, run.layer, run.methods, run.opts, run.device, run.scoring.seed)
+        extras = (None if run.beyond is None else
+                  beyond.group_extras(run.beyond, group, targets, counts, explained))
         out += scoring.score_group(group, targets, counts, explained, run.totals, run.device,
-                                   run.scoring)
+                                   run.scoring, extras)
     return out
 
 
@@ -285,6 +312,8 @@ def _results(total: Evaluation, run: _Run, cfg: EvalConfig, dataset: Any, reques
     if no_ann and cfg.limit is None:  # COCO images without annotations never enter the dataset
         skipped_images["no_annotations"] = skipped_images.get("no_annotations", 0) + no_ann
     cfg_out = dict(run.header["config"])
+    if run.beyond is not None and ({"deletion", "insertion"} & set(run.metrics)):
+        cfg_out["faithfulness_batch"] = cfg.faithfulness_batch
     cfg_out.update(batch_size=cfg.batch_size, workers=cfg.workers, limit=cfg.limit,
                    world_size=run.world, per_image=None if path is None else str(path))
     return {

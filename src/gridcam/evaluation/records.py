@@ -101,6 +101,7 @@ def _fold_record(ev: Evaluation, rec: Mapping[str, Any]) -> None:
         counts.skip(rec["skipped"])
     else:
         counts.add_record(rec["class"], rec.get("pg_hit"), rec.get("spg"), rec.get("ch"))
+        ev.add_beyond(rec["method"], rec)
 
 
 def _check_header(src: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:

@@ -77,12 +77,16 @@ def unreadable(item: Mapping[str, Any], ev: Evaluation) -> dict[str, Any]:
 
 def score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: list[int],
                 explained: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-                ev: Evaluation, device: torch.device, sc: Scoring) -> list[dict[str, Any]]:
+                ev: Evaluation, device: torch.device, sc: Scoring,
+                extras: Mapping[str, Mapping[tuple[int, int], Mapping[str, Any]]] | None = None,
+                ) -> list[dict[str, Any]]:
     """Score one group of images (one forward) into ``ev``; return its per-image records.
 
     ``targets`` (B,T) long, ``counts`` each image's real T, ``explained`` ``{method: (heat
     (B,T,h',w'), logits (B,C))}`` (:func:`gridcam.evaluation.forward.forward_group`). Classification
-    uses the first method's logits (every method sees the same images).
+    uses the first method's logits (every method sees the same images). ``extras``: ``{method:
+    {(b, t): fields}}`` of the beyond-localisation metrics
+    (:func:`gridcam.evaluation.beyond.group_extras`), added to the records of the pairs scored.
     """
     uniforms = ([spg_uniforms(sc.seed, str(it["key"]), c, sc.samples)
                  for it, c in zip(items, counts)] if "spg" in sc.metrics else None)
@@ -97,7 +101,7 @@ def score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: list
         for (H, W), members in by_size.items():
             pairs = [(b, t) for b in members for t in range(counts[b])]
             records += _score_pairs(items, pairs, (H, W), heat, targets, uniforms, method, ev,
-                                    device, sc)
+                                    device, sc, (extras or {}).get(method))
     logits0 = next(iter(explained.values()))[1]
     records += _classify(items, logits0, ev)
     return records
@@ -105,10 +109,12 @@ def score_group(items: list[dict[str, Any]], targets: torch.Tensor, counts: list
 
 def _score_pairs(items: list[dict[str, Any]], pairs: list[tuple[int, int]], size: tuple[int, int],
                  heat: torch.Tensor, targets: torch.Tensor, uniforms: list[torch.Tensor] | None,
-                 method: str, ev: Evaluation, device: torch.device,
-                 sc: Scoring) -> list[dict[str, Any]]:
+                 method: str, ev: Evaluation, device: torch.device, sc: Scoring,
+                 extra: Mapping[tuple[int, int], Mapping[str, Any]] | None = None,
+                 ) -> list[dict[str, Any]]:
     """Score the (image b, target t) ``pairs`` of one original ``size`` (H, W), in chunks of
-    bounded pixels: upsample heat[b, t] (h',w') -> (H, W), score against ``masks[t]``."""
+    bounded pixels: upsample heat[b, t] (h',w') -> (H, W), score against ``masks[t]``; the valid
+    pairs' ``extra`` fields are folded into ``ev`` and written with their records."""
     from gridcam import cam
 
     H, W = size
@@ -134,7 +140,13 @@ def _score_pairs(items: list[dict[str, Any]], pairs: list[tuple[int, int]], size
         n_bad = int((~valid).sum())
         if n_bad:
             counts_m.skip("zero_heatmap", n_bad)
-        records.extend(_pair_records(items, chunk, classes, method, s, sc.samples))
+        chunk_records = _pair_records(items, chunk, classes, method, s, sc.samples)
+        if extra:
+            for (b, t), rec in zip(chunk, chunk_records):
+                if "skipped" not in rec:
+                    rec.update(extra[(b, t)])
+                    ev.add_beyond(method, rec)
+        records.extend(chunk_records)
     return records
 
 
