@@ -244,3 +244,23 @@ def test_torchrun_two_processes_equal_one_process(root, checkpoint, tmp_path) ->
     canon = [sorted(json.dumps(r, sort_keys=True) for r in _lines(tmp_path / f"{n}.jsonl"))
              for n in ("one", "two")]
     assert canon[0] == canon[1]
+
+
+def test_report_table_shows_the_new_columns(root, tmp_path) -> None:
+    from gridcam.report.runs import load_run, rows_from_runs
+    from gridcam.report.summary import results_table
+
+    ds = _ds(root)
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / name).mkdir()
+        torch.manual_seed(seed)
+        model = models.create("tiny_resnet", num_classes=CLASSES).eval()
+        evaluate(model, ds, methods="gradcam", metrics="ch,deletion,insertion,focus,randomisation",
+                 output=tmp_path / name / "results.json", **FAST)
+    rows = rows_from_runs([load_run(tmp_path / "a"), load_run(tmp_path / "b")])
+    md = results_table(rows)
+    head = md.splitlines()[0]
+    for col in ("Content Heatmap", "Deletion AUC (%)", "Insertion AUC (%)", "Focus (%)",
+                "Randomisation (Spearman)"):
+        assert col in head
+    assert "Δ b − a" in md and "<th>Focus (%)</th>" in results_table(rows, "html")

@@ -168,8 +168,8 @@ def randomised_modules(model: nn.Module, layer: nn.Module) -> list[str]:
 def randomised_copy(model: nn.Module, layer: nn.Module, seed: int,
                     device: torch.device | None = None) -> tuple[nn.Module, nn.Module, list[str]]:
     """A copy of ``model`` (eval mode, on ``device``) with :func:`randomised_modules` re-initialised
-    by their ``reset_parameters`` (convolutions, linear and norm layers; norm layers' running
-    statistics reset too), from a CPU generator seeded by ``seed``, so the copy is the same on
+    by their ``reset_parameters`` (convolutions, linear and norm layers; batch norm's running
+    statistics reset too), from torch's CPU generator seeded by ``seed`` (and restored after), so the copy is the same on
     every device and rank. Returns (copy, its CAM layer, the names re-initialised). The model is
     not changed."""
     names = randomised_modules(model, layer)
@@ -182,10 +182,8 @@ def randomised_copy(model: nn.Module, layer: nn.Module, seed: int,
         for name in names:
             for m in mods[name].modules():
                 reset = getattr(m, "reset_parameters", None)
-                if callable(reset):
+                if callable(reset):  # batch norm: its running statistics too
                     reset()
-                if isinstance(m, nn.modules.batchnorm._NormBase):
-                    m.reset_running_stats()
     twin = twin.to(dev).eval()
     return twin, dict(twin.named_modules())[cam], names
 

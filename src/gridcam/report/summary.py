@@ -17,9 +17,14 @@ COLUMNS = {
     "f1_per_class": "F1-PerClass (%)", "f1_overall": "F1-Overall (%)",
     "pointing_game": "Pointing Game", "stochastic_pointing_game": "Stochastic Pointing Game",
     "content_heatmap": "Content Heatmap",
+    # beyond localisation (docs/metrics.md): shown when the results have them
+    "deletion_auc": "Deletion AUC (%)", "insertion_auc": "Insertion AUC (%)", "focus": "Focus (%)",
+    "randomisation_rank_correlation": "Randomisation (Spearman)",
 }
 SHORT = {"top1": "top-1", "top5": "top-5", "f1_per_class": "per-class F1", "f1_overall": "overall F1",
-         "pointing_game": "PG", "stochastic_pointing_game": "SPG", "content_heatmap": "CH"}
+         "pointing_game": "PG", "stochastic_pointing_game": "SPG", "content_heatmap": "CH",
+         "deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC", "focus": "Focus",
+         "randomisation_rank_correlation": "randomisation rho"}
 
 
 class _MethodNames(Mapping[str, str]):
@@ -59,7 +64,8 @@ def method_name(method: str) -> str:
 class Row:
     """One line of the table: a model (``name``) explained by ``method``.
 
-    ``metrics``: column key (see :data:`COLUMNS`) -> value in %; ``ci``: key -> half-width of a 95 %
+    ``metrics``: column key (see :data:`COLUMNS`) -> value in % (the randomisation test's
+    Spearman rho in [-1, 1]); ``ci``: key -> half-width of a 95 %
     interval (optional); ``difference``: the row is a difference between two models (signed cells);
     ``images``: how many validation images the numbers come from (for the sentence).
     """

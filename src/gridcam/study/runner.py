@@ -38,8 +38,11 @@ __all__ = ["ROWS", "PRESETS", "StudyConfig", "Row", "Stage", "config_for", "run_
            "row_checkpoint", "evaluate_row", "table", "load", "describe", "METRICS"]
 
 METHODS = ("gradcam", "gradient", "input_x_gradient")
-METRICS = (("top1", "Top-1"), ("pg", "PG"), ("spg", "SPG"), ("ch", "CH"))
-_METRIC_KEYS = {"pg": "pointing_game", "spg": "stochastic_pointing_game", "ch": "content_heatmap"}
+METRICS = (("top1", "Top-1"), ("pg", "PG"), ("spg", "SPG"), ("ch", "CH"), ("deletion", "Deletion"),
+           ("insertion", "Insertion"), ("focus", "Focus"), ("randomisation", "Randomisation ρ"))
+_METRIC_KEYS = {"pg": "pointing_game", "spg": "stochastic_pointing_game", "ch": "content_heatmap",
+                "deletion": "deletion_auc", "insertion": "insertion_auc", "focus": "focus",
+                "randomisation": "randomisation_rank_correlation"}
 
 
 @dataclass(frozen=True)
@@ -304,11 +307,13 @@ def _data_root(c: StudyConfig, out: Path) -> Path:
 
 
 def _numbers(res: dict[str, Any], methods: tuple[str, ...]) -> dict[str, float]:
-    """One evaluation's results -> flat ``{"top1": .., "gradcam/pg": .., ...}`` in percent."""
+    """One evaluation's results -> flat ``{"top1": .., "gradcam/pg": .., ...}`` in percent (the
+    randomisation test's rho as it is), for the metrics the evaluation computed."""
     flat = {"top1": float(res["classification"]["top1"])}
     for m in methods:
         for short, key in _METRIC_KEYS.items():
-            flat[f"{m}/{short}"] = float(res["metrics"][m][key])
+            if res["metrics"][m].get(key) is not None:
+                flat[f"{m}/{short}"] = float(res["metrics"][m][key])
     return flat
 
 
@@ -350,10 +355,14 @@ def run_one(c: StudyConfig, row: Row, seed: int, root: Path, out: Path) -> dict[
     return rec
 
 
-def _columns(methods: tuple[str, ...]) -> dict[str, list[tuple[str, str]]]:
+def _columns(methods: tuple[str, ...], summary: dict[str, Any] | None = None
+             ) -> dict[str, list[tuple[str, str]]]:
+    """Per method, the table's columns: top-1 and every metric the summary's rows have."""
+    rows = (summary or {}).get("rows", {})
     cols = {}
     for m in methods:
-        cols[m] = [("top1", "Top-1")] + [(f"{m}/{k}", h) for k, h in METRICS[1:]]
+        cols[m] = [("top1", "Top-1")] + [(f"{m}/{k}", h) for k, h in METRICS[1:]
+                                         if summary is None or any(f"{m}/{k}" in r for r in rows.values())]
     return cols
 
 
@@ -363,7 +372,7 @@ def table(study: dict[str, Any], method: str | None = None) -> str:
     parts = []
     if method is None and study.get("verdicts"):
         parts.append("".join(f"- {v}\n" for v in study["verdicts"]))
-    cols = _columns(methods)
+    cols = _columns(methods, study["summary"])
     for m in methods:
         md = study_stats.markdown(study["summary"], cols[m])
         for name, d in study.get("per_image", {}).items():
