@@ -192,8 +192,24 @@ def test_randomised_copy_is_seeded_and_leaves_the_model_alone() -> None:
     assert not torch.equal(sd["fc.weight"], other["fc.weight"])
 
 
-def test_bad_settings_are_one_line_errors(root) -> None:
+class _NoClasses:
+    """A dataset that cannot tell an image's classes without loading it."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def load(self, i: int):
+        return self.ds.load(i)
+
+
+def test_bad_settings_are_one_line_errors(root, tmp_path) -> None:
     model, ds = _model(), _ds(root)
+    with pytest.raises(GridcamError, match="presence_matrix"):
+        evaluate(model, _NoClasses(ds), metrics="pg,focus", per_image=tmp_path / "x.jsonl")
+    assert not (tmp_path / "x.jsonl").exists()  # refused before the pass
     with pytest.raises(GridcamError, match="unknown metric foo"):
         evaluate(model, ds, metrics="pg,foo")
     with pytest.raises(GridcamError, match="--faithfulness-steps must be >= 1"):

@@ -138,6 +138,7 @@ class _Run:
     rank: int
     world: int
     beyond: beyond.Settings | None = None
+    source: Any = None  # what the loader reads: the dataset, or its MosaicSource (Focus)
 
 
 def evaluate(model: nn.Module, dataset: Any, config: EvalConfig | None = None, *,
@@ -177,7 +178,7 @@ def evaluate(model: nn.Module, dataset: Any, config: EvalConfig | None = None, *
     pending = [b for b in batches if not all(i in done for i in b)]
     col = P.active()
     told = len(col.problems) if col is not None else 0
-    _score_batches(run, dataset, pending[run.rank::run.world], cfg, path, resumed=len(done))
+    _score_batches(run, pending[run.rank::run.world], cfg, path, resumed=len(done))
     if run.world > 1:  # the CLI's collectors of the other ranks are quiet: rank 0 tells theirs
         gathered = D.all_gather_object(col.problems[told:] if col is not None else [])
         if run.rank == 0:
@@ -257,11 +258,15 @@ def _setup(model: nn.Module, dataset: Any, cfg: EvalConfig, layer: nn.Module | N
         scoring=scoring.Scoring(tuple(metrics), float(cfg.tolerance), int(cfg.spg_samples),
                                 int(cfg.seed)),
         totals=new_totals(methods, num_classes, cfg.spg_samples, bool(multilabel), metrics),
-        header=records.make_header(recorded), rank=rank, world=world, beyond=more)
+        header=records.make_header(recorded), rank=rank, world=world, beyond=more,
+        # Focus: the loader also loads each pair's mosaic images (a dataset that cannot tell the
+        # images' classes without decoding them is refused here, before the pass)
+        source=(beyond.MosaicSource(dataset, cfg.seed) if more is not None and "focus" in more.metrics
+                else dataset))
 
 
-def _score_batches(run: _Run, dataset: Any, batches: list[list[int]], cfg: EvalConfig,
-                   path: Path | None, resumed: int) -> None:
+def _score_batches(run: _Run, batches: list[list[int]], cfg: EvalConfig, path: Path | None,
+                   resumed: int) -> None:
     """The pass over this rank's ``batches``: load, explain, score into ``run.totals``, and append
     the per-image records (to ``path``, or this rank's part of it)."""
     writer = records.PerImageWriter(
@@ -274,10 +279,8 @@ def _score_batches(run: _Run, dataset: Any, batches: list[list[int]], cfg: EvalC
                              run.scoring.seed)
         return items if run.beyond is None else beyond.precompute(run.beyond, items)
 
-    if run.beyond is not None and "focus" in run.beyond.metrics:
-        dataset = beyond.MosaicSource(dataset, run.scoring.seed)  # loads the mosaics' images too
     try:
-        loaded = pipeline.load_batches(dataset, batches, cfg.workers)
+        loaded = pipeline.load_batches(run.source, batches, cfg.workers)
         with pipeline.model_ahead(loaded, run.model, run.device, forward) as batches_in:
             for items in batches_in:
                 writer.write(_score_batch(run, items))
