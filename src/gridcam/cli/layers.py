@@ -17,17 +17,21 @@ def add_layers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=positive, default=1000, help="classes of the probe model's head")
     p.add_argument("--all", action="store_true",
                    help="also list layers whose output cannot be a CAM grid")
+    p.add_argument("--cam-layer", default=None,
+                   help="mark this layer instead of the default (negative indices count from the "
+                        "end: blocks.-1.norm1), to see what it resolves to")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Every layer's output for one probe input, and the default CAM layer (marked ``*``)."""
+    """Every layer's output for one probe input, and the default CAM layer (or ``--cam-layer``,
+    by its canonical name) marked ``*``."""
     from gridcam import models
     from gridcam.models.layers import format_layers
 
-    built = models.build(args.arch, num_classes=args.num_classes, cam_layer=None, reshape="auto",
-                         input_size=args.image_size)
+    built = models.build(args.arch, num_classes=args.num_classes, cam_layer=args.cam_layer,
+                         reshape="auto", input_size=args.image_size)
     outputs = models.probe(built.model, built.input_size)
-    for line in format_layers(built, outputs, show_all=args.all):
+    for line in format_layers(built, outputs, show_all=args.all, given=args.cam_layer):
         print(line)
     return 0

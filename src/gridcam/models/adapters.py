@@ -41,10 +41,10 @@ from gridcam.errors import GridcamError
 from gridcam.models.layers import (
     LayerOutput,
     default_cam_layer,
-    get_layer,
     prefix_tokens,
     probe,
     reshape_for,
+    resolve_layer,
 )
 from gridcam.models.checkpoint import load_checkpoint
 from gridcam.models.info import INFO_ATTR, ModelInfo, info, is_outside
@@ -163,13 +163,14 @@ def _tap_hook(rule: Reshape, tap: GridTap) -> Callable[[nn.Module, Any, Any], An
 def attach(model: nn.Module, record: ModelInfo) -> nn.Module:
     """Record ``record`` on ``model`` and install its hooks: the fold through a GridTap when the
     CAM layer needs a reshape, the resize for a fixed input size, the input-size record a token
-    reshape needs. Replaces any earlier record and its hooks. Returns the module to hook for
-    Grad-CAM (what ``models.cam_layer(model)`` returns from then on)."""
+    reshape needs. The layer is recorded under its canonical name
+    (:func:`~gridcam.models.layers.resolve_layer`). Replaces any earlier record and its hooks.
+    Returns the module to hook for Grad-CAM (what ``models.cam_layer(model)`` returns from then on)."""
     old = info(model)
     if old is not None:
         for h in old.hooks:
             h.remove()
-    layer = get_layer(model, record.cam_layer)
+    record.cam_layer, layer = resolve_layer(model, record.cam_layer)
     record.hooks = []
     record.tap = None
     if record.fixed_input:
@@ -268,7 +269,8 @@ def build(
         pooling: ``"avg"``, or ``"max"`` for GMP (swapped in where the head is global pooling +
             linear; GridcamError otherwise).
         cam_layer: dotted path of the CAM layer; None = the family's default
-            (:func:`gridcam.models.layers.default_cam_layer`).
+            (:func:`gridcam.models.layers.default_cam_layer`). Negative indices count from the
+            end (``blocks.-1.norm1``); the canonical name (``blocks.11.norm1``) is recorded.
         reshape: ``"auto"`` (from the layer's output: tokens -> ``vit``, channels-last ->
             ``nhwc``), ``None``/``"none"``, ``"vit"``, ``"vit:P"``, ``"nhwc"`` or a rule.
         checkpoint: weights file loaded strictly (``torch.load(weights_only=True)``).
@@ -284,6 +286,8 @@ def build(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     size = int(input_size or d.input_size)
+    if cam_layer is not None:  # one spelling: blocks.-1.norm1 -> blocks.11.norm1, as probes name it
+        cam_layer = resolve_layer(model, cam_layer)[0]
     record = ModelInfo(arch, "", None, _constants(mean, d.mean, "mean"), _constants(std, d.std, "std"), size)
     default = None if is_outside(arch) else next(
         n for n, m in model.named_modules() if m is builtin_layer(model))
@@ -298,7 +302,6 @@ def build(
             raise GridcamError(f"{arch}: a forward of a (1,3,{size},{size}) input failed "
                                f"({type(exc).__name__}: {exc}); set the input size") from None
         record.cam_layer = cam_layer or default_cam_layer(model, outputs, d.hint)
-        get_layer(model, record.cam_layer)  # a clear error for a wrong path
         out = next((o for o in outputs if o.name == record.cam_layer), None)
         if out is None:
             raise GridcamError(f"layer {record.cam_layer!r} of {arch} is not called in the forward")

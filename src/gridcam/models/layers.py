@@ -30,7 +30,7 @@ from gridcam.models.reshape import ChannelsLast, Reshape, TokenGrid
 from gridcam.errors import GridcamError
 
 __all__ = ["LayerOutput", "default_cam_layer", "format_layers", "get_layer", "prefix_tokens", "probe",
-           "reshape_for"]
+           "reshape_for", "resolve_layer"]
 
 #: Parameter names of the non-patch tokens of ViT-style models (timm, torchvision, Hugging Face).
 _PREFIX_PARAMS = ("cls_token", "class_token", "dist_token", "distillation_token", "reg_token",
@@ -56,11 +56,14 @@ class LayerOutput:
     order: int
 
 
-def get_layer(model: nn.Module, path: str) -> nn.Module:
-    """The sub-module at a dotted ``path`` (``layer4``, ``features.7``, ``blocks.-1.norm1``).
+def resolve_layer(model: nn.Module, path: str) -> tuple[str, nn.Module]:
+    """``(canonical name, module)`` of the sub-module at a dotted ``path``.
 
-    Negative indices count from the end of a ModuleList/Sequential. Raises GridcamError naming
-    the first part that does not exist and the names available there.
+    Negative indices count from the end of a ModuleList/Sequential (or any module whose children
+    are named): ``blocks.-1.norm1`` of a 12-block ViT is ``("blocks.11.norm1", module)``. The
+    canonical name is the one ``model.named_modules()`` gives, which probes and state dicts use,
+    so a layer is recorded under it once, however it was spelt. Raises GridcamError naming the
+    first part that does not exist and the names available there.
     """
     module = model
     done: list[str] = []
@@ -77,7 +80,13 @@ def get_layer(model: nn.Module, path: str) -> nn.Module:
                                f"{part!r} (it has: {avail}); `gridcam layers -a ARCH` lists them")
         module = children[part]
         done.append(part)
-    return module
+    return ".".join(done), module
+
+
+def get_layer(model: nn.Module, path: str) -> nn.Module:
+    """The sub-module at a dotted ``path`` (``layer4``, ``features.7``, ``blocks.-1.norm1``);
+    see :func:`resolve_layer` for negative indices and errors."""
+    return resolve_layer(model, path)[1]
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -241,9 +250,11 @@ def _usable(model: nn.Module, o: LayerOutput, input_size: int) -> str:
     return f"{rule} -> {tuple(grid.shape[1:])}"
 
 
-def format_layers(built: Any, outputs: list[LayerOutput], show_all: bool = False) -> list[str]:
+def format_layers(built: Any, outputs: list[LayerOutput], show_all: bool = False,
+                  given: str | None = None) -> list[str]:
     """Lines of ``gridcam layers``: one per layer (those usable as CAM layers unless ``show_all``),
-    the default CAM layer marked ``*``. ``built``: a :class:`gridcam.models.BuiltModel`."""
+    the model's CAM layer marked ``*``. ``built``: a :class:`gridcam.models.BuiltModel`;
+    ``given``: the ``--cam-layer`` it was built with (None: the default)."""
     info = built.info
     lines = [f"{info.arch}: probe input (1, 3, {info.input_size}, {info.input_size}); "
              f"mean {info.mean}, std {info.std}; "
@@ -257,7 +268,11 @@ def format_layers(built: Any, outputs: list[LayerOutput], show_all: bool = False
     width = [max(len(r[i]) for r in rows) for i in range(1, 4)] if rows else [0, 0, 0]
     lines.append(f"  {'layer':<{width[0]}}  {'type':<{width[1]}}  {'output':<{width[2]}}  as CAM grid")
     lines += [f"{m} {n:<{width[0]}}  {t:<{width[1]}}  {s:<{width[2]}}  {u}" for m, n, t, s, u in rows]
-    lines.append(f"default CAM layer: {info.cam_layer}"
-                 + (f" (reshape {info.reshape})" if info.reshape is not None else "")
+    what = "default CAM layer" if given is None else "CAM layer"
+    spelt = f", given as {given}" if given is not None and given != info.cam_layer else ""
+    lines.append(f"{what}: {info.cam_layer}"
+                 + (f" (reshape {info.reshape}{spelt})" if info.reshape is not None else
+                    (f" ({spelt[2:]})" if spelt else ""))
                  + "; choose another with --cam-layer NAME")
     return lines
+
