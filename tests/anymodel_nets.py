@@ -117,3 +117,16 @@ def mlp(num_classes: int = 10) -> nn.Module:
 
 def not_a_model(num_classes: int = 10) -> object:
     return object()
+
+
+def torchvision_vit(num_classes: int = 10) -> nn.Module:
+    """torchvision's own ``VisionTransformer`` at a test size (``vit_b_16``'s builder takes no
+    size arguments): 32 px input, 8 px patches, 2 blocks of width 32. Its position embeddings are
+    fixed, so gridcam resizes every input to 32 px; like every torchvision ViT its head starts at
+    zero (the first batch's heatmaps are zero)."""
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                              mlp_dim=64, num_classes=num_classes)
+    model.pretrained_cfg = {"input_size": (3, 32, 32)}
+    return model

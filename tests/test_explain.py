@@ -101,6 +101,16 @@ def test_bad_requests_are_one_clear_error(ckpts, images, tmp_path):
         run(ExplainConfig([str(images / "text.jpg")], [str(ckpts[0])], out=str(tmp_path)))
 
 
+def test_model_input_uses_the_model_normalisation():
+    """A ViT built with mean = std = 0.5 (timm's, Hugging Face's) is fed what it was trained on."""
+    vit = models.build("anymodel_nets:tiny_vit", num_classes=3).model
+    white = Image.new("RGB", (8, 8), (255, 255, 255))
+    torch.testing.assert_close(model_input(white, 8, vit), torch.ones(1, 3, 8, 8))
+    imagenet = model_input(white, 8)  # a model without a record: ImageNet's constants
+    torch.testing.assert_close(imagenet[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224,
+                                                                   (1 - 0.406) / 0.225]))
+
+
 def test_model_input_keeps_the_shorter_side_and_caps_extreme_aspect():
     assert tuple(model_input(Image.new("RGB", (100, 50)), 32).shape) == (1, 3, 32, 64)
     assert tuple(model_input(Image.new("RGB", (5000, 10)), 32).shape) == (1, 3, 1, 192)  # 6 x 32 long

@@ -19,7 +19,9 @@ a probe at 2S, and from then on every input is resized bilinearly to S x S by a 
 ``grid.gc_loss`` compares the two heatmaps at pixel resolution, the rule the paper uses for
 AlexNet. timm ViTs are built with ``dynamic_img_size=True`` (position embeddings interpolated) and
 Hugging Face models are called with ``interpolate_pos_encoding=True`` where they accept it, so
-they take the composite at full resolution and need no resizing.
+they take the composite at full resolution and need no resizing beyond whole patches: a ViT's
+input is resized to the nearest multiple of its patch size (:func:`patch_multiple`), so images of
+any size (evaluation's, 85 x 64) go through its patch embedding and the map covers the image.
 
 **Attention kernels.** Training through the heatmap needs second derivatives of the attention
 after the CAM layer, which PyTorch's fused attention kernels lack; an outside model's Grad-CAM
@@ -41,6 +43,7 @@ from gridcam.errors import GridcamError
 from gridcam.models.layers import (
     LayerOutput,
     default_cam_layer,
+    patch_stride,
     prefix_tokens,
     probe,
     reshape_for,
@@ -104,15 +107,36 @@ def _accepts(model: nn.Module, size: int) -> bool:
         model.train(was)
 
 
-def _resize_hook(size: int) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
+def _resize_hook(target: Callable[[int, int], tuple[int, int]]
+                 ) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...] | None]:
+    """A forward pre-hook resizing a (B,3,H,W) input bilinearly to ``target(H, W)`` (nothing
+    happens, bit for bit, when that is already its size)."""
+
     def hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         x = args[0]
-        if isinstance(x, torch.Tensor) and x.dim() == 4 and tuple(x.shape[-2:]) != (size, size):
-            return (F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                                  antialias=True), *args[1:])
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            hw = target(int(x.shape[-2]), int(x.shape[-1]))
+            if hw != tuple(x.shape[-2:]):
+                return (F.interpolate(x, size=hw, mode="bilinear", align_corners=False,
+                                      antialias=True), *args[1:])
         return None
 
     return hook
+
+
+def patch_multiple(height: int, width: int, patch: int) -> tuple[int, int]:
+    """The input size a ViT with ``patch`` px patches is given for a (height, width) input: each
+    side rounded to the nearest multiple of ``patch`` (halves up), at least one patch.
+
+    A patch embedding needs whole patches: timm's asserts it, Hugging Face's and most others'
+    convolution drops the last ``side % patch`` pixels, so the map would be stretched over pixels
+    the model never saw. Resizing by less than half a patch per side keeps every pixel and makes
+    the map cover exactly the image, so mapping it back to the image (evaluation's bilinear resize
+    to the original size, ``explain``'s overlay) needs nothing else; padding would feed the model
+    a band of made-up pixels and leave every consumer of the map a crop to do.
+    E.g. 85 x 64 with 16 px patches -> 80 x 64; 44 x 59 with 8 px -> 48 x 56."""
+    return (max(1, (height + patch // 2) // patch) * patch,
+            max(1, (width + patch // 2) // patch) * patch)
 
 
 def _input_size_hook(rule: TokenGrid) -> Callable[[nn.Module, tuple[Any, ...]], None]:
@@ -162,10 +186,11 @@ def _tap_hook(rule: Reshape, tap: GridTap) -> Callable[[nn.Module, Any, Any], An
 
 def attach(model: nn.Module, record: ModelInfo) -> nn.Module:
     """Record ``record`` on ``model`` and install its hooks: the fold through a GridTap when the
-    CAM layer needs a reshape, the resize for a fixed input size, the input-size record a token
-    reshape needs. The layer is recorded under its canonical name
-    (:func:`~gridcam.models.layers.resolve_layer`). Replaces any earlier record and its hooks.
-    Returns the module to hook for Grad-CAM (what ``models.cam_layer(model)`` returns from then on)."""
+    CAM layer needs a reshape, the resize for a fixed input size (else, for a ViT, to whole
+    patches: :func:`patch_multiple`), the input-size record a token reshape needs. The layer is
+    recorded under its canonical name (:func:`~gridcam.models.layers.resolve_layer`). Replaces any
+    earlier record and its hooks. Returns the module to hook for Grad-CAM (what
+    ``models.cam_layer(model)`` returns from then on)."""
     old = info(model)
     if old is not None:
         for h in old.hooks:
@@ -174,7 +199,12 @@ def attach(model: nn.Module, record: ModelInfo) -> nn.Module:
     record.hooks = []
     record.tap = None
     if record.fixed_input:
-        record.hooks.append(model.register_forward_pre_hook(_resize_hook(record.input_size)))
+        size = record.input_size
+        record.hooks.append(model.register_forward_pre_hook(_resize_hook(lambda _h, _w: (size, size))))
+    elif record.patch:
+        patch = record.patch
+        record.hooks.append(model.register_forward_pre_hook(
+            _resize_hook(lambda h, w: patch_multiple(h, w, patch))))
     if isinstance(record.reshape, TokenGrid):
         record.hooks.append(model.register_forward_pre_hook(_input_size_hook(record.reshape)))
     if record.reshape is not None:
@@ -307,5 +337,6 @@ def build(
             raise GridcamError(f"layer {record.cam_layer!r} of {arch} is not called in the forward")
         record.reshape = _choose_reshape(model, record.cam_layer, out, reshape, size)
         record.fixed_input = not _accepts(model, 2 * size)
+        record.patch = patch_stride(model, outputs, size, record.reshape)
     layer = attach(model, record)
     return BuiltModel(model, layer, record)

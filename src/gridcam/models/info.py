@@ -31,6 +31,10 @@ class ModelInfo:
             Face image processor, the model's own ``pretrained_cfg``, else ImageNet's).
         input_size: the side S the model was probed at (its native input size).
         fixed_input: True when inputs are resized to S x S (the model cannot take 2S).
+        patch: a ViT-style model's patch size in input pixels (else None): unless ``fixed_input``,
+            inputs whose sides are not multiples of it are resized to the nearest ones
+            (:func:`gridcam.models.adapters.patch_multiple`). Found by the probe, not recorded
+            in checkpoints (a rebuild finds it again).
         tap: with a reshape, the :class:`~gridcam.models.reshape.GridTap` whose output is the grid:
             the module ``models.cam_layer(model)`` returns.
     """
@@ -42,6 +46,7 @@ class ModelInfo:
     std: tuple[float, ...] = IMAGENET_STD
     input_size: int = 224
     fixed_input: bool = False
+    patch: int | None = None
     hooks: list[Any] = field(default_factory=list, repr=False, compare=False)
     tap: GridTap | None = field(default=None, repr=False, compare=False)
 

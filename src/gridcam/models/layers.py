@@ -29,8 +29,8 @@ from torch import nn
 from gridcam.models.reshape import ChannelsLast, Reshape, TokenGrid
 from gridcam.errors import GridcamError
 
-__all__ = ["LayerOutput", "default_cam_layer", "format_layers", "get_layer", "prefix_tokens", "probe",
-           "reshape_for", "resolve_layer"]
+__all__ = ["LayerOutput", "default_cam_layer", "format_layers", "get_layer", "patch_stride",
+           "prefix_tokens", "probe", "reshape_for", "resolve_layer"]
 
 #: Parameter names of the non-patch tokens of ViT-style models (timm, torchvision, Hugging Face).
 _PREFIX_PARAMS = ("cls_token", "class_token", "dist_token", "distillation_token", "reg_token",
@@ -275,4 +275,30 @@ def format_layers(built: Any, outputs: list[LayerOutput], show_all: bool = False
                     (f" ({spelt[2:]})" if spelt else ""))
                  + "; choose another with --cam-layer NAME")
     return lines
+
+
+def patch_stride(model: nn.Module, outputs: list[LayerOutput], input_size: int,
+                 cam_rule: Reshape | None = None) -> int | None:
+    """Input pixels per patch of a ViT-style model, given a :func:`probe` at ``input_size``; None
+    for any other model.
+
+    The stride of ``cam_rule`` when it is a :class:`TokenGrid` that knows it, else that of the
+    first token sequence of the probe (the patch embedding's, before any block), provided the
+    model declares class/distillation tokens (:func:`prefix_tokens`, also 0): a model without them
+    is not taken for a ViT because some layer returns a (B,N,D) tensor.
+    """
+    if isinstance(cam_rule, TokenGrid) and cam_rule.stride:
+        return cam_rule.stride
+    if prefix_tokens(model) is None:
+        return None
+    for o in sorted(outputs, key=lambda o: o.order):
+        if o.kind != "tokens":
+            continue
+        try:
+            rule = reshape_for(model, o.name, o, input_size)
+        except GridcamError:  # e.g. the patch tokens before the class token is prepended
+            continue
+        if isinstance(rule, TokenGrid) and rule.stride:
+            return rule.stride
+    return None
 

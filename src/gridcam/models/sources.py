@@ -125,6 +125,9 @@ def _hf(name: str, num_classes: int, pooling: str) -> tuple[nn.Module, Defaults]
     except OSError:
         hf_model = tf.AutoModelForImageClassification.from_config(config)
     d = Defaults()
+    side = getattr(config, "image_size", None)  # the size the model was made for (ViT configs)
+    if isinstance(side, int) and side > 0:
+        d.input_size = side
     try:
         proc = tf.AutoImageProcessor.from_pretrained(name, local_files_only=True)
         if getattr(proc, "image_mean", None) and getattr(proc, "image_std", None):

@@ -141,15 +141,20 @@ def _num_classes(model: torch.nn.Module) -> int:
     return int(model.state_dict()[f"{prefix}.weight"].shape[0])
 
 
-def model_input(image: Image.Image, input_resize: int) -> torch.Tensor:
-    """(1,3,h,w) normalised: shorter side ``input_resize``, the longer capped at MAX_ASPECT times it."""
+def model_input(image: Image.Image, input_resize: int, model: torch.nn.Module | None = None) -> torch.Tensor:
+    """(1,3,h,w) normalised: shorter side ``input_resize``, the longer capped at MAX_ASPECT times it.
+    Normalised with the mean/std ``model`` was built with (``models.info``: a timm or Hugging Face
+    ViT's 0.5), else ImageNet's."""
+    from gridcam import models
     from gridcam.data import transforms as T
 
     w, h = image.size
     s = input_resize / min(w, h)
     s = min(s, MAX_ASPECT * input_resize / max(w, h))
     size = (max(1, round(h * s)), max(1, round(w * s)))
-    return T.Compose([T.Resize(size), T.to_tensor_normalize()], allow_draft=False)(image)[None]
+    record = models.info(model) if model is not None else None
+    norm = T.to_tensor_normalize(record.mean, record.std) if record is not None else T.to_tensor_normalize()
+    return T.Compose([T.Resize(size), norm], allow_draft=False)(image)[None]
 
 
 def display_image(image: Image.Image) -> Image.Image:
@@ -170,7 +175,7 @@ def explain_one(image: Image.Image, lm: LoadedModel, cfg: ExplainConfig, device:
     layer's; pictures resize them) of one model on one image; ``tick()`` after each method."""
     from gridcam import cam
 
-    x = model_input(image, cfg.input_resize).to(device)
+    x = model_input(image, cfg.input_resize, lm.model).to(device)
     with torch.no_grad():
         logits = lm.model(x).float()
         probs = (torch.sigmoid(logits) if lm.multilabel else torch.softmax(logits, dim=1))[0].cpu()
