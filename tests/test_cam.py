@@ -276,6 +276,20 @@ def test_normalize_cam_modes():
         cam.normalize_cam(heat, "sum")
 
 
+def test_zero_maps_raw_and_normalised():
+    heat = torch.tensor([[[0.0, 1.0], [2.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    expected = [False, True]
+    for norm in (None, "paper", "max"):
+        assert cam.zero_maps(cam.normalize_cam(heat, norm)).tolist() == expected
+    # paper-normalised, a map summing well above 1e-8 sums to ~1: one faint pixel of 10^4 counts
+    one = torch.zeros(2, 100, 100)
+    one[0, 3, 4] = 1e-6
+    assert cam.zero_maps(cam.normalize_cam(one, "paper")).tolist() == [False, True]
+    assert cam.zero_maps(torch.full((2, 3, 4, 4), 3e-8)).shape == (2, 3)
+    assert cam.zero_maps(torch.full((1, 4, 4), 2e-8)).tolist() == [True]
+    assert cam.zero_maps(torch.full((1, 4, 4), 2.1e-8)).tolist() == [False]
+
+
 def test_upsample_shapes_and_values():
     heat = torch.rand(2, 3, 4, 5)
     up = cam.upsample(heat, (8, 10))

@@ -148,6 +148,19 @@ def test_gc_step_runs_two_forwards_original_then_double_size():
     assert out.quadrants.shape == (4,) and set(out.quadrants.tolist()) <= {0, 1, 2, 3}
 
 
+def test_gc_step_says_when_every_heatmap_is_zero():
+    model = _model()
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    out = steps.gc_step(model, models.cam_layer(model), x, y, lam=1.0,
+                        generator=torch.Generator().manual_seed(0))
+    assert out.zero_maps.dtype == torch.bool and out.zero_maps.shape == () and not out.zero_maps
+    assert steps.gc_step(model, models.cam_layer(model), x, y, lam=0.0).zero_maps is None
+    torch.nn.init.zeros_(model.fc.weight)  # logits no longer depend on layer4: every map is zero
+    out = steps.gc_step(model, models.cam_layer(model), x, y, lam=1.0,
+                        generator=torch.Generator().manual_seed(0))
+    assert bool(out.zero_maps) and out.gc_loss < 1e-7
+
+
 def test_in_batch_negatives_never_use_the_cam_class_and_skip_samples_without_any():
     model = _model()
     # samples 0,1 are class 0, sample 2 class 1: sample 2's negatives are 0/1, sample 0's only 2

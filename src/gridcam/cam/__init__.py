@@ -35,6 +35,7 @@ from .gradcam import (
     normalize_cam,
     target_gradients,
     upsample,
+    zero_maps,
 )
 from .attribution import explain_integrated_gradients
 from .backprop import (
@@ -78,6 +79,7 @@ __all__ = [
     "normalize_cam",
     "target_gradients",
     "upsample",
+    "zero_maps",
 ]
 
 _LAYER = "read at the output of `layer` (default: the CAM layer)"

@@ -29,6 +29,7 @@ __all__ = [
     "normalize_cam",
     "upsample",
     "explain_gradcam",
+    "zero_maps",
 ]
 
 VARIANTS = ("elementwise", "classic")
@@ -158,6 +159,17 @@ def normalize_cam(cam: Tensor, normalize: str | None = "paper") -> Tensor:
         # Division by 1 where the map is all zero keeps it zero instead of NaN.
         return cam / torch.where(peak > 0, peak, torch.ones_like(peak))
     raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+
+
+def zero_maps(heat: Tensor) -> Tensor:
+    """Which heatmaps are zero everywhere: (...,h,w) -> (...) bool.
+
+    Works on raw maps, ``"max"``-normalised ones (which stay zero) and ``"paper"``-normalised ones
+    (a zero map becomes the constant 1e-8 there, while a map whose raw values sum well above 1e-8
+    sums to ~1, so its largest value is about 1/(h*w) or more): a map is zero when no value
+    exceeds twice the paper's epsilon.
+    """
+    return heat.detach().amax(dim=(-2, -1)) <= 2 * _PAPER_EPS
 
 
 def grad_cam(

@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -139,6 +140,7 @@ class _Run:
     world: int
     beyond: beyond.Settings | None = None
     source: Any = None  # what the loader reads: the dataset, or its MosaicSource (Focus)
+    zero_checked: bool = False
 
 
 def evaluate(model: nn.Module, dataset: Any, config: EvalConfig | None = None, *,
@@ -299,11 +301,37 @@ def _score_batch(run: _Run, items: list[dict[str, Any]]) -> list[dict[str, Any]]
     for group in F.group_by_shape(items):
         targets, counts, explained = F.explained_group(
             group, run.model, run.layer, run.methods, run.opts, run.device, run.scoring.seed)
+        if not run.zero_checked:
+            run.zero_checked = True
+            _warn_zero_maps(run, counts, explained)
         extras = (None if run.beyond is None else
                   beyond.group_extras(run.beyond, group, targets, counts, explained))
         out += scoring.score_group(group, targets, counts, explained, run.totals, run.device,
                                    run.scoring, extras)
     return out
+
+
+def _warn_zero_maps(run: _Run, counts: list[int],
+                    explained: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """After the first group of images: one warning line per method that reads the CAM layer
+    and gave all-zero heatmaps for every (image, class) pair of it (each pair would be skipped as
+    ``zero_heatmap``: a layer the class scores send no gradient, such as a ViT's last block)."""
+    from gridcam import cam
+    from gridcam.models import unwrap
+    from gridcam.models.layers import zero_heatmap_message
+
+    real = [(b, t) for b, n in enumerate(counts) for t in range(n)]
+    if run.rank != 0 or not real:
+        return
+    for method, (heat, _logits) in explained.items():
+        info = cam.METHOD_INFO.get(method)
+        if info is None or not info.uses_layer:
+            continue
+        if bool(cam.zero_maps(heat[[b for b, _ in real], [t for _, t in real]]).all()):
+            name = "Grad-CAM" if method == "gradcam" else method
+            warnings.warn(zero_heatmap_message(
+                unwrap(run.model), "every image of the first batch (each pair is skipped as "
+                "zero_heatmap)", name), stacklevel=2)
 
 
 def _results(total: Evaluation, run: _Run, cfg: EvalConfig, dataset: Any, requested: int,

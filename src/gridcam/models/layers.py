@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from gridcam.models.info import info
 from gridcam.models.reshape import ChannelsLast, Reshape, TokenGrid
 from gridcam.errors import GridcamError
 
 __all__ = ["LayerOutput", "default_cam_layer", "format_layers", "get_layer", "patch_stride",
-           "prefix_tokens", "probe", "reshape_for", "resolve_layer"]
+           "prefix_tokens", "probe", "reshape_for", "resolve_layer", "zero_heatmap_message"]
 
 #: Parameter names of the non-patch tokens of ViT-style models (timm, torchvision, Hugging Face).
 _PREFIX_PARAMS = ("cls_token", "class_token", "dist_token", "distillation_token", "reg_token",
@@ -302,3 +303,21 @@ def patch_stride(model: nn.Module, outputs: list[LayerOutput], input_size: int,
             return rule.stride
     return None
 
+
+def zero_heatmap_message(model: nn.Module, where: str, method: str = "Grad-CAM") -> str:
+    """The one-line warning for a CAM layer whose ``method`` heatmaps are zero everywhere
+    (``where``: "every image of the first training batch", ...): the layer, the likely cause, the
+    command that lists the others. ``model``: built by :func:`gridcam.models.build` (its recorded
+    layer and architecture are named), or any model."""
+    record = info(model)
+    layer = f"CAM layer {record.cam_layer!r}" if record is not None else "the CAM layer"
+    arch = record.arch if record is not None else "ARCH"
+    if record is not None and isinstance(record.reshape, TokenGrid):
+        cause = ("after a ViT's last block only the class token reaches the classifier, so the "
+                 "patch tokens get no gradient; use a layer inside that block (the default is "
+                 "its first norm)")
+    else:
+        cause = ("the class scores send its output no gradient (a layer the classifier does not "
+                 "read, or one after the global pooling), or none that survives the ReLU")
+    return (f"{layer} gives all-zero {method} heatmaps for {where}: {cause}; "
+            f"`gridcam layers -a {arch}` lists the layers")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -74,6 +75,7 @@ class LoadedModel:
     names: list[str]
     wnids: list[str] = field(default_factory=list)
     multilabel: bool = False   # COCO-style: independent sigmoid probabilities
+    zero_warned: bool = False  # the all-zero-heatmap warning was given for this model
 
 
 def warn(path: object, cause: str) -> None:
@@ -170,9 +172,10 @@ def _targets(lm: LoadedModel, probs: torch.Tensor, cfg: ExplainConfig, sheet_cla
 
 
 def explain_one(image: Image.Image, lm: LoadedModel, cfg: ExplainConfig, device: torch.device,
-                sheet_class: int | None, tick: Any = None) -> dict[str, Any]:
+                sheet_class: int | None, tick: Any = None, name: str = "the image") -> dict[str, Any]:
     """Predictions and heatmaps ``{method: (T,h,w)}`` (at the model input's resolution or the
-    layer's; pictures resize them) of one model on one image; ``tick()`` after each method."""
+    layer's; pictures resize them) of one model on one image; ``tick()`` after each method; ``name``: the image's, for the one warning
+    per model of an all-zero map of a method that reads the CAM layer."""
     from gridcam import cam
 
     x = model_input(image, cfg.input_resize, lm.model).to(device)
@@ -184,7 +187,9 @@ def explain_one(image: Image.Image, lm: LoadedModel, cfg: ExplainConfig, device:
     t = torch.tensor([targets], dtype=torch.long, device=device)
     for method in cfg.methods:
         heat, _ = cam.explain(method, lm.model, lm.layer, x, t)
-        heats[method] = torch.nan_to_num(heat.detach().float().cpu()).clamp_min(0)[0]
+        heat = torch.nan_to_num(heat.detach().float().cpu()).clamp_min(0)
+        heats[method] = heat[0]
+        _warn_zero_map(lm, method, heat, name)
         if tick is not None:
             tick()
     k = min(max(cfg.topk, 5), probs.numel())
@@ -203,6 +208,20 @@ def class_lines(names: Sequence[str], probs: torch.Tensor, k: int) -> list[str]:
     if best == k:
         return [line + " (predicted)"]
     return [line, f"predicted: {names[best]} {float(probs[best]):.2f}"]
+
+
+def _warn_zero_map(lm: LoadedModel, method: str, heat: torch.Tensor, name: str) -> None:
+    """One warning line per model when a method reading its CAM layer gives all-zero maps for
+    every class explained on an image (one class alone can have no positive evidence)."""
+    from gridcam import cam
+    from gridcam.models.layers import zero_heatmap_message
+
+    info = cam.METHOD_INFO.get(method)
+    if lm.zero_warned or info is None or not info.uses_layer or not bool(cam.zero_maps(heat).all()):
+        return
+    lm.zero_warned = True
+    warnings.warn(zero_heatmap_message(lm.model, f"{name} (model {lm.name})", method_name(method)),
+                  stacklevel=3)
 
 
 def _safe(text: str) -> str:
@@ -262,7 +281,8 @@ def run(cfg: ExplainConfig) -> dict[str, Any]:
             sheet_class = None
             rows = []
             for lm in lms:
-                res = explain_one(image, lm, cfg, device, sheet_class, tick=lambda: bar.update(1))
+                res = explain_one(image, lm, cfg, device, sheet_class, tick=lambda: bar.update(1),
+                                  name=path.name)
                 if sheet_class is None:
                     sheet_class = res["targets"][0]
                 overlays = _write_overlays(out, stem, lm, res, cfg)

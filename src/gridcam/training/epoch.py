@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gridcam import problems
+from gridcam.models.layers import zero_heatmap_message
 from gridcam.runtime import checkpoint as ckpt
 from gridcam.training.resume import save_run
 from gridcam.runtime import distributed as du
@@ -91,6 +92,7 @@ def run_epoch(r: Run, loader: DataLoader, epoch: int, step0: int, stop: StopFlag
             gen.manual_seed(derive_seed(r.seed, "step", epoch, step, info.rank))
             out, vals, stopping = _optimize(r, tensors, dummy, stop, gen, epoch, step)
             if not dummy:
+                _warn_zero_maps(r, out)
                 meter += _batch_sums(out, vals, tensors[1], r.multi_label, device)
             if progress.due(step):
                 progress.show(step, _running(meter, c.lam, info.world_size, t0))
@@ -147,6 +149,29 @@ def _lone_image_breaks_bn(model: nn.Module, images: Tensor) -> bool:
                           "per channel, which BatchNorm cannot normalise): such steps are skipped",
                           stacklevel=3)
     return known[size]
+
+
+#: models whose first Grad-CAM training batch (in this process) was checked for zero heatmaps
+_ZERO_CHECKED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _warn_zero_maps(r: Run, out: StepResult) -> None:
+    """After the first Grad-CAM batch of a model: one warning line when every heatmap of that
+    batch was zero everywhere (a CAM layer the class scores send no gradient, such as a ViT's
+    last block: the consistency loss is then ~0 and trains nothing). A batch whose logits are the
+    same for every image says nothing about the layer (the classifier ignores its input:
+    torchvision's ViT starts with a zero head), so the next batch is checked instead. One host
+    sync per batch checked."""
+    if out.zero_maps is None or r.model in _ZERO_CHECKED:
+        return
+    logits = out.logits
+    if logits.shape[0] > 1 and bool((logits == logits[:1]).all()):
+        return
+    _ZERO_CHECKED.add(r.model)
+    if r.info.is_main and bool(out.zero_maps):
+        warnings.warn(zero_heatmap_message(r.model, "every image of the first training batch "
+                                           "(the consistency loss is ~0 and trains nothing)"),
+                      stacklevel=2)
 
 
 def _set_bn_eval(model: nn.Module) -> None:

@@ -51,6 +51,9 @@ class StepResult:
             kept on the device so reading it is the caller's choice of sync point.
         cam_classes: (B,) long, the class each heatmap was made for (None when ``lam == 0``).
         quadrants: (B,) long, where each image sat in its composite (None when ``lam == 0``).
+        zero_maps: scalar bool on the device, True when every heatmap ``t`` of the batch is zero
+            everywhere (``cam.zero_maps``: the CAM layer gets no gradient from the class
+            scores, so ``L_gc`` trains nothing); None when ``lam == 0``.
     """
 
     loss: Tensor
@@ -60,6 +63,7 @@ class StepResult:
     gc_samples: Tensor
     cam_classes: Tensor | None = None
     quadrants: Tensor | None = None
+    zero_maps: Tensor | None = None
 
 
 #: Weight of the multi-label BCE term: the paper's ``loss = 80·BCE + λ·GC``.
@@ -202,4 +206,5 @@ def gc_step(
     gc = grid.gc_loss(t, u, quadrants, tuple(images.shape[-2:]), detach_target=detach_target,
                       valid=valid)
     n = torch.full((), B, device=device, dtype=torch.long) if valid is None else valid.sum()
-    return StepResult(cls + lam * gc, cls.detach(), gc.detach(), logits.detach(), n, cam_classes, quadrants)
+    return StepResult(cls + lam * gc, cls.detach(), gc.detach(), logits.detach(), n, cam_classes, quadrants,
+                      cam.zero_maps(t).all())
