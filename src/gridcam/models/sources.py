@@ -14,9 +14,10 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -109,6 +110,26 @@ class HFClassifier(nn.Module):
         return self.model(pixel_values=x, **self._kwargs).logits
 
 
+@contextmanager
+def _quiet(tf: Any) -> Iterator[None]:
+    """transformers logging at "error" and no progress bar inside the block: transformers 5 prints
+    a table (its "LOAD REPORT") for a classifier resized to ``num_classes``, which is what
+    :func:`_hf` asks for, and a progress bar for the weights of a local folder."""
+    log = getattr(tf, "logging", None)
+    if log is None:
+        yield
+        return
+    verbosity, bar = log.get_verbosity(), log.is_progress_bar_enabled()
+    log.set_verbosity_error()
+    log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        log.set_verbosity(verbosity)
+        if bar:
+            log.enable_progress_bar()
+
+
 def _hf(name: str, num_classes: int, pooling: str) -> tuple[nn.Module, Defaults]:
     tf = _require("transformers", "hf")
     try:
@@ -119,11 +140,12 @@ def _hf(name: str, num_classes: int, pooling: str) -> tuple[nn.Module, Defaults]
             f"not download: pass a local directory, or fetch it first (`huggingface-cli download {name}`)"
         ) from None
     config.num_labels = num_classes
-    try:  # weights present in the directory / cache: use them (the classifier may be resized)
-        hf_model = tf.AutoModelForImageClassification.from_pretrained(
-            name, config=config, local_files_only=True, ignore_mismatched_sizes=True)
-    except OSError:
-        hf_model = tf.AutoModelForImageClassification.from_config(config)
+    with _quiet(tf):
+        try:  # weights present in the directory / cache: use them (the classifier may be resized)
+            hf_model = tf.AutoModelForImageClassification.from_pretrained(
+                name, config=config, local_files_only=True, ignore_mismatched_sizes=True)
+        except OSError:
+            hf_model = tf.AutoModelForImageClassification.from_config(config)
     d = Defaults()
     side = getattr(config, "image_size", None)  # the size the model was made for (ViT configs)
     if isinstance(side, int) and side > 0:
