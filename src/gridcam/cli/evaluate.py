@@ -65,13 +65,13 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: pg (pointing game), spg (stochastic PG), ch (content heatmap), "
                         "deletion, insertion (RISE's AUCs), focus (2x2 mosaics), randomisation "
                         "(Spearman vs a re-initialised top); see docs/metrics.md")
-    p.add_argument("--faithfulness-steps", type=_positive, default=32,
+    p.add_argument("--faithfulness-steps", type=positive, default=32,
                    help="deletion/insertion: steps of the curve (n+1 points)")
     p.add_argument("--deletion-baseline", choices=["zero", "mean", "blur"], default="zero",
                    help="what deleted pixels become (RISE: zero)")
     p.add_argument("--insertion-baseline", choices=["zero", "mean", "blur"], default="blur",
                    help="what insertion starts from (RISE: blur)")
-    p.add_argument("--faithfulness-batch", type=_positive, default=None,
+    p.add_argument("--faithfulness-batch", type=positive, default=None,
                    help="perturbed images per forward (default: 64 on GPU, cache-sized on CPU)")
     p.add_argument("--tolerance", type=float, default=15.0, help="pointing-game tolerance in pixels")
     p.add_argument("--spg-samples", type=positive, default=100,
