@@ -122,7 +122,7 @@ def test_real_model_end_to_end(case: Case, data: Path, hf_dir: Path, tiny_timm: 
                    "--save-dir", str(run), "--device", "cpu"])
     io = capsys.readouterr()
     assert rc == 0, io.err
-    printed = float(re.search(r"^epoch 1: .* gc (\S+)", io.err, re.M).group(1))  # the epoch line (stderr)
+    printed = float(re.search(r"^epoch 1: .* gc (\S+)", io.out, re.M).group(1))  # the epoch line (stdout)
     logged = json.loads((run / "train_log.jsonl").read_text().splitlines()[0])["train"]["gc_loss"]
     assert printed > 1e-6 and logged > 1e-6, io.err
     assert "all-zero" not in io.err and "Traceback" not in io.err
