@@ -137,9 +137,11 @@ def test_pretrain_stages_are_shared_per_pooling(tmp_path, monkeypatch) -> None:
     c = study.config_for("quick", out=str(tmp_path), seeds=1, methods=("gradcam",), pretrain_epochs=2)
     study.run_study(c)
     trains = [x for x in calls if x[0] == "train"]
-    # each row: its pooling's pre-training (a reused file after the first), then its own stage
-    assert ("train", 0.0, False, 0) in trains and ("train", c.lam, True, 0) in trains
-    assert len(trains) == 8
+    # the seed's start (average pooling) first; then each row: the start (a reused file), then its
+    # own stage; the GMP rows start from the same average-pooling start (no max-pooling one)
+    assert trains[0] == ("train", 0.0, False, 0) and ("train", c.lam, True, 0) in trains
+    assert trains.count(("train", 0.0, True, 0)) == 1  # the GMP row's own stage only
+    assert len(trains) == 9
 
 
 def test_cli_markdown_prints_the_stored_table(tmp_path, monkeypatch, capsys) -> None:
@@ -334,7 +336,7 @@ def test_a_failing_unit_in_a_worker_process_is_one_line(tmp_path, capfd) -> None
 
     c = study.config_for("quick", out=str(tmp_path), seeds=1, methods=("gradcam",))
     units = study.schedule.make_units(study.ROWS, 1)
-    with pytest.raises(GridcamError, match=r"study unit seed 0 \(Baseline, Ours: GC\) failed"):
+    with pytest.raises(GridcamError, match=r"study unit seed 0 \((Baseline, Ours: GC|GMP, Ours: GMP \+ GC)\) failed"):
         study.schedule.run_units(study.run_unit, units, 2, (c, tmp_path / "no-data", tmp_path))
     err = capfd.readouterr().err
     assert "gridcam: error:" in err and "Traceback" not in err
@@ -355,3 +357,38 @@ def test_a_unit_is_handed_to_its_process_as_json_not_pickle(tmp_path) -> None:
     assert back[2][1] == tmp_path / "data" and isinstance(back[2][0].methods, tuple)
     with pytest.raises(GridcamError, match="not part of gridcam"):
         sched._decode({"__call__": "os:system"})
+
+
+def test_units_with_a_shared_start_wait_for_it() -> None:
+    """With a shared start every seed's start comes first, and each rows unit names it in
+    ``after``; the scheduler hands out a rows unit only once its start is done."""
+    sched = study.schedule
+    units = sched.make_units(study.ROWS, 2, shared_start=True)
+    assert [(u.seed, [r.slug for r in u.rows], u.after) for u in units] == [
+        (0, [], ()), (1, [], ()),
+        (0, ["baseline", "gc"], (0,)), (0, ["gmp", "gmp_gc"], (0,)),
+        (1, ["baseline", "gc"], (1,)), (1, ["gmp", "gmp_gc"], (1,))]
+    pending = list(enumerate(units))[2:]
+    assert sched.next_ready(pending, {}) is None
+    assert sched.next_ready(pending, {1: []}) == 2  # seed 1's start done: its avg-pooling rows
+    assert sched.next_ready(pending, {0: [], 1: []}) == 0
+    plain = sched.make_units(study.ROWS, 2)
+    assert len(plain) == 4 and all(u.rows and not u.after for u in plain)
+
+
+def test_the_gmp_rows_start_from_the_average_pooling_start(tmp_path, monkeypatch) -> None:
+    """The cpu presets train one start per seed; the GMP rows fine-tune it with max pooling (the
+    paper's COCO GMP recipe), unless gmp_from_avg is off (their own max-pooling start)."""
+    calls = []
+    monkeypatch.setattr(study, "train_row", lambda c, stage, seed, root, d: calls.append((stage, d)) or d / "x")
+    c = study.config_for("quick", out=str(tmp_path))
+    gmp = next(r for r in study.ROWS if r.slug == "gmp_gc")
+    study.row_checkpoint(c, gmp, 3, tmp_path / "data", tmp_path)
+    (pre, pre_dir), (row, _) = calls
+    assert pre_dir == tmp_path / "runs" / "pretrain" / "seed3" and not pre.gmp and pre.lr == c.pretrain_lr
+    assert row.gmp and row.lam == c.lam and row.pretrained == pre_dir / "x"
+    calls.clear()
+    own = study.config_for("quick", out=str(tmp_path), gmp_from_avg=False, gmp_lr_scale=0.1)
+    study.row_checkpoint(own, gmp, 3, tmp_path / "data", tmp_path)
+    (pre, pre_dir), _ = calls
+    assert pre_dir.parent.name == "pretrain_gmp" and pre.gmp and math.isclose(pre.lr, 0.1 * own.pretrain_lr)

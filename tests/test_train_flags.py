@@ -22,7 +22,7 @@ from gridcam.runtime import distributed as du
 from gridcam.training import epoch as train_epoch
 from gridcam.training.loop import TrainConfig, TrainingInterrupted, train
 from gridcam.training.config import make_scheduler
-from gridcam.training.setup import resolve_pooling, set_up
+from gridcam.training.setup import pooling_switches, resolve_pooling, set_up
 from gridcam.errors import GridcamError
 from test_train import cfg as train_cfg
 from test_train import log_lines, same, weights
@@ -201,14 +201,16 @@ def test_maxpool_through_the_command_and_the_recorded_pooling(im, tmp_path, caps
     top1 = log_lines(gmp)[0]["val"]["top1"]
     assert f"top-1 {top1:.2f}" in capsys.readouterr().out
     assert log_lines(tmp_path / "e")[0]["val"] == log_lines(gmp)[0]["val"]
-    # --pretrained/--init files record their pooling too; --maxpool against "avg" is an error
+    # --pretrained/--init files record their pooling too; --maxpool starts GMP from average-pooled
+    # weights (the paper's COCO GMP recipe) and says so in one line
     avg = tmp_path / "avg"
     assert run("imagenet", str(im), *tiny(avg)) == 0
     capsys.readouterr()
     assert run("imagenet", str(im), *tiny(tmp_path / "x", "--maxpool", "--pretrained",
-                                          str(avg / "checkpoint_001.pth.tar"))) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "--maxpool contradicts --pretrained" in err and "records average pooling" in err
+                                          str(avg / "checkpoint_001.pth.tar"))) == 0
+    out = capsys.readouterr().out
+    assert "was trained with average pooling; it starts this max-pooling model as asked" in out
+    assert torch.load(tmp_path / "x" / "checkpoint_001.pth.tar", weights_only=True)["pooling"] == "max"
     assert run("imagenet", str(im), *tiny(tmp_path / "y", "--init", str(gmp / "checkpoint_001.pth.tar"))) == 0
     assert torch.load(tmp_path / "y" / "checkpoint_001.pth.tar", weights_only=True)["pooling"] == "max"
 
@@ -221,6 +223,16 @@ def test_resolve_pooling():
     with pytest.raises(GridcamError, match=r"average pooling \(no --maxpool\) contradicts --resume a, which "
                                            "records max"):
         resolve_pooling(False, [("--resume", "a", "max")])
+    with pytest.raises(GridcamError, match="--maxpool contradicts --resume r"):
+        resolve_pooling(True, [("--pretrained", "p", "avg"), ("--resume", "r", "avg")])
+    # weights to start from may have the other pooling: the flag decides, one line says so
+    assert resolve_pooling(True, [("--pretrained", "p", "avg")]) == "max"
+    assert resolve_pooling(False, [("--init", "i", "max")]) == "avg"
+    assert resolve_pooling(None, [("--pretrained", "p", "avg"), ("--resume", "r", "max")]) == "max"
+    assert pooling_switches("max", [("--pretrained", "p", "avg"), ("--init", "i", None)]) == [
+        "[train] --pretrained p was trained with average pooling; it starts this max-pooling model "
+        "as asked (pooling has no weights)"]
+    assert pooling_switches("avg", [("--pretrained", "p", "avg")]) == []
 
 
 def test_coco_training_with_dataset_negatives(coco, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ def add_study(sub: argparse._SubParsersAction) -> None:
                     "every model with PG/SPG/CH for several explanation methods, and writes OUT/study.json "
                     "and OUT/study.md (mean ± 95% t-interval, paired differences). Resumable.")
     p.add_argument("--preset", choices=("quick", "cpu", "gpu"), default="quick",
-                   help="quick: 1 seed, minutes on 2 CPU cores (the demo); cpu: 3 seeds; gpu: the paper's "
+                   help="quick: 1 seed, minutes on 2 CPU cores (the demo); cpu: 5 seeds; gpu: the paper's "
                         "recipe on a real ImageNet root (with --data)")
     p.add_argument("--data", default=None, help="an ImageNet-style root (default: synthetic data in OUT/data)")
     p.add_argument("--seeds", type=positive, default=None, help="number of seeds 0..N-1 (default: the preset's)")

@@ -77,7 +77,8 @@ def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
                    help="weight of the Grad-CAM consistency loss; 0 = baseline (no composites)")
     p.add_argument("--maxpool", action="store_true", default=None,
                    help="global max pooling (GMP) instead of average (default: the pooling recorded in "
-                        "--resume/--pretrained/--init, else average; contradicting it is an error)")
+                        "--resume/--pretrained/--init, else average; contradicting --resume is an error, while "
+                        "--pretrained/--init weights of average pooling start a GMP model)")
     p.add_argument("--resume", default=None,
                    help="checkpoint to continue from exactly (model, optimizer, schedule, RNG); "
                         "'auto' = the furthest one in --save-dir, if any (default: start fresh). On "

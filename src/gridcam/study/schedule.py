@@ -1,11 +1,13 @@
 """Running a study's trainings side by side: one process per CPU core, each on one thread.
 
-A study is a set of *units*: per seed and pooling (average or max), the shared plain pre-training
-of that pooling followed by its rows (Baseline and Ours: GC, or GMP and Ours: GMP + GC), each row
-trained and then scored. Units do not share anything but the (already written) data, so they run
-in any order and in separate processes; every training pins one intra-op thread and seeds itself,
-so a unit's numbers do not depend on which process ran it, or beside what (checked by
-``tests/test_study.py``). On a GPU the units run one after the other in this process.
+A study is a set of *units*. With a shared pre-training: per seed one unit trains the plain start
+(average pooling), and per seed and pooling one unit trains its rows from it (Baseline and Ours:
+GC, or GMP and Ours: GMP + GC), each row trained and then scored; a rows unit waits for its
+seed's start. Without one: per seed and pooling, the rows from scratch. Units share nothing but
+files already written (the data, a finished start), so they run in separate processes; every
+training pins one intra-op thread and seeds itself, so a unit's numbers do not depend on which
+process ran it, or beside what (checked by ``tests/test_study.py``). On a GPU the units run one
+after the other in this process.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,25 +27,30 @@ import torch
 
 from gridcam.errors import GridcamError
 
-__all__ = ["Unit", "default_jobs", "make_units", "run_units"]
+__all__ = ["Unit", "default_jobs", "make_units", "next_ready", "run_units"]
 
 
 @dataclass(frozen=True)
 class Unit:
-    """The rows of one seed that share a pre-training (same pooling), in training order."""
+    """The rows of one seed that share a start (same pooling), in training order; a unit without
+    rows trains the seed's shared start only. ``after``: indices of the units it waits for."""
 
     seed: int
     rows: tuple[Any, ...]  # gridcam.study.runner.Row
+    after: tuple[int, ...] = ()
 
 
-def make_units(rows: Sequence[Any], seeds: int) -> list[Unit]:
-    """Seed-major list of units: per seed, the average-pooling rows, then the max-pooling ones."""
-    out = []
+def make_units(rows: Sequence[Any], seeds: int, shared_start: bool = False) -> list[Unit]:
+    """The units in an order that runs them one after the other: with ``shared_start`` every
+    seed's start first, then per seed the average-pooling rows and the max-pooling ones, each
+    after its seed's start; without, only the rows units, seed-major."""
+    starts = [Unit(seed, ()) for seed in range(seeds)] if shared_start else []
+    out = list(starts)
     for seed in range(seeds):
         for gmp in (False, True):
             mine = tuple(r for r in rows if r.gmp == gmp)
             if mine:
-                out.append(Unit(seed, mine))
+                out.append(Unit(seed, mine, (seed,) if shared_start else ()))
     return out
 
 
@@ -80,21 +88,43 @@ def run_units(fn: Callable[..., list[dict[str, Any]]], units: Sequence[Unit], jo
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         try:
             while pending or running:
-                while pending and len(running) < jobs:
-                    i, unit = pending.pop(0)
+                while len(running) < jobs:
+                    k = next_ready(pending, results)
+                    if k is None:
+                        break
+                    i, unit = pending.pop(k)
                     job = Path(tmp) / f"unit{i}.json"
                     job.write_text(json.dumps(_encode([fn, unit, list(args)])))
                     proc = subprocess.Popen([sys.executable, "-m", "gridcam.study.schedule", str(job)], env=env)
                     running.append((i, proc, job))
-                i, proc, job = running.pop(0)
-                if proc.wait() != 0:
-                    raise GridcamError(f"study unit seed {units[i].seed} ({', '.join(r.name for r in units[i].rows)}) "
+                if not running:
+                    raise GridcamError("study units wait for units that never run (a unit's `after` "
+                                       "names no earlier unit)")
+                i, proc, job = _first_done(running)
+                if proc.returncode != 0:
+                    what = ", ".join(r.name for r in units[i].rows) or "shared start"
+                    raise GridcamError(f"study unit seed {units[i].seed} ({what}) "
                                        f"failed (exit {proc.returncode}; its error is printed above)")
                 results[i] = json.loads(job.with_suffix(".out").read_text())
         finally:
             for _, proc, _ in running:
                 proc.kill()
         return [results[i] for i in range(len(units))]
+
+
+def next_ready(pending: Sequence[tuple[int, Unit]], done: Any) -> int | None:
+    """Position in ``pending`` (``(index, unit)`` pairs) of the first unit whose ``after`` units
+    are all in ``done``; None when every pending unit still waits."""
+    return next((k for k, (_, u) in enumerate(pending) if all(j in done for j in u.after)), None)
+
+
+def _first_done(running: list[tuple[int, subprocess.Popen, Path]]) -> tuple[int, subprocess.Popen, Path]:
+    """Wait until one of the ``running`` processes exits; remove it from the list and return it."""
+    while True:
+        for k, (_, proc, _) in enumerate(running):
+            if proc.poll() is not None:
+                return running.pop(k)
+        time.sleep(0.2)
 
 
 def _encode(obj: Any) -> Any:

@@ -45,7 +45,9 @@ class TrainConfig:
     ``step_callback`` (not a CLI flag, not saved) is called after every optimizer step with a
     :class:`StepInfo`; the demo uses it for progress and tests use it to inject faults.
     ``maxpool`` None: the pooling recorded in ``resume``/``pretrained``/``init``, else average;
-    True/False contradicting a recorded pooling is an error. ``cam_layer``, ``reshape``, ``mean``,
+    True/False contradicting the pooling of ``resume`` is an error, while ``pretrained``/``init``
+    weights of the other pooling start the asked one (GMP fine-tuned from an average-pooled
+    model, as the paper's COCO GMP row). ``cam_layer``, ``reshape``, ``mean``,
     ``std``: as :func:`gridcam.models.build` takes them (any architecture, ``MODULE:FACTORY`` too).
     """
 

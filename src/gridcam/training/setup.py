@@ -29,7 +29,7 @@ from gridcam.training.config import TrainConfig, make_scheduler
 from gridcam.training.data import Datasets, build_datasets, build_loaders
 from gridcam.errors import GridcamError
 
-__all__ = ["Run", "resolve_pooling", "set_up"]
+__all__ = ["Run", "pooling_switches", "resolve_pooling", "set_up"]
 
 
 def set_up(c: TrainConfig, info: du.DistInfo) -> Run:
@@ -93,6 +93,9 @@ def _build_model(c: TrainConfig, ds: Datasets, info: du.DistInfo, seed: int, res
     if state is not None:
         recorded.append(("--resume", str(resume), state.get("pooling")))
     pooling = resolve_pooling(c.maxpool, recorded)
+    if info.is_main:
+        for line in pooling_switches(pooling, recorded):
+            print(line, flush=True)
     torch.manual_seed(derive_seed(seed, "init"))
     model = models.build(c.arch, num_classes=ds.num_classes, pooling=pooling, cam_layer=c.cam_layer,
                          reshape=c.reshape, mean=c.mean, std=c.std).model
@@ -131,18 +134,32 @@ def _recorded_model_options(c: TrainConfig, state: dict[str, Any]) -> TrainConfi
 
 def resolve_pooling(maxpool: bool | None, recorded: list[tuple[str, str, Any]]) -> str:
     """The global pooling to build: what the weights files record (``recorded``: ``(flag, path,
-    pooling or None)``) unless ``--maxpool`` says otherwise, which is then an error naming both;
-    average when nothing is recorded or asked. ``maxpool`` None: not given."""
+    pooling or None)``) unless ``--maxpool`` says otherwise; average when nothing is recorded or
+    asked. ``maxpool`` None: not given.
+
+    Pooling has no weights, so ``--pretrained``/``--init`` weights of either pooling can start a
+    model of the other: ``--maxpool`` with average-pooled weights fine-tunes them with GMP, the
+    paper's COCO GMP recipe (``--maxpool --resume <ImageNet model>``). A run resumed with
+    ``--resume`` must go on as it started: a flag contradicting its pooling is an error naming both.
+    """
     asked = None if maxpool is None else ("max" if maxpool else "avg")
-    for flag, path, pooling in recorded:
+    for flag, path, pooling in sorted(recorded, key=lambda r: r[0] != "--resume"):  # the run's first
         if pooling not in ("avg", "max"):
             continue  # not recorded (the paper's and torchvision's files)
         if asked is None:
             asked = pooling
-        elif pooling != asked:
+        elif pooling != asked and flag == "--resume":
             have = "--maxpool" if asked == "max" else "average pooling (no --maxpool)"
             raise GridcamError(f"{have} contradicts {flag} {path}, which records "
                                f"{'max' if pooling == 'max' else 'average'} pooling; "
-                               f"{'drop --maxpool' if pooling == 'avg' else 'add --maxpool'} to use the file's")
+                               f"{'drop --maxpool' if pooling == 'avg' else 'add --maxpool'} to go on with the run's")
     return asked or "avg"
+
+
+def pooling_switches(pooling: str, recorded: list[tuple[str, str, Any]]) -> list[str]:
+    """One line per weights file of another pooling than ``pooling`` (started from as asked)."""
+    name = {"avg": "average", "max": "max"}
+    return [f"[train] {flag} {path} was trained with {name[p]} pooling; it starts this "
+            f"{name[pooling]}-pooling model as asked (pooling has no weights)"
+            for flag, path, p in recorded if p in name and p != pooling]
 
