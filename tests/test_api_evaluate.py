@@ -1,16 +1,16 @@
-"""The evaluation Python API example of the README runs as written, the
+"""The evaluation Python API example of docs/evaluation.md runs as written, the
 top-level names are the engine's, and the configuration and keyword forms give the same numbers."""
 
 import json
 
 import pytest
-from docs_examples import run_python_example
+from docs_examples import DOCS, run_python_example
 
 import gridcam
 
 
 def test_evaluation_api_example_runs(tmp_path, monkeypatch, capsys):
-    scope = run_python_example("### Evaluation from Python", tmp_path, monkeypatch)
+    scope = run_python_example("## Evaluation from Python", tmp_path, monkeypatch, DOCS / "evaluation.md")
     results, root = scope["results"], scope["root"]
     assert results["images"]["evaluated"] == 16 and results["images"]["requested"] == 16
     assert list(results["metrics"]) == ["gradcam", "gradient"]

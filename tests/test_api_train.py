@@ -1,13 +1,13 @@
-"""The training Python API example of the README runs as written, and the
+"""The training Python API example of docs/training.md runs as written, and the
 top-level names are the engine's."""
 
-from docs_examples import run_python_example
+from docs_examples import DOCS, run_python_example
 
 import gridcam
 
 
 def test_training_api_example_runs(tmp_path, monkeypatch, capsys):
-    scope = run_python_example("### Training from Python", tmp_path, monkeypatch)
+    scope = run_python_example("## Training from Python", tmp_path, monkeypatch, DOCS / "training.md")
     summary, run = scope["summary"], scope["root"] / "run"
     assert summary["last_epoch"] == 2 and summary["epochs_run"] == 2
     assert summary["num_classes"] == 4 and summary["seed"] == 1

@@ -96,9 +96,9 @@ def test_problem_error_is_a_user_error_and_pickles():
     assert back.problem == e.problem
 
 
-def test_readme_text_lists_every_reason_code():
+def test_docs_list_every_reason_code():
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
     for code, meaning in P.REASONS.items():
         assert f"| `{code}` | {meaning} |" in text, code

@@ -1,4 +1,5 @@
-"""``gridcam study``: statistics, table, resumability, CLI, synthetic options, and the README's table."""
+"""``gridcam study``: statistics, table, resumability, CLI, synthetic options, and the results blocks
+of the README and docs/study.md."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from gridcam.study import runner as study
 from gridcam.study import stats as study_stats
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+STUDY_DOC = README.parent / "docs" / "study.md"
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -203,18 +205,22 @@ def test_val_image_size_and_marker(tmp_path) -> None:
         "val_spurious", "seed"}
 
 
-# ------------------------------------------------------------------- the README's study tables
+# ------------------------------------------------- the study tables of the README and docs/study.md
 RESULTS = README.parent / "docs" / "results"
 
 
 def test_readme_tables_are_the_stored_results() -> None:
-    """Every results block of the README is the rendering of its stored study.json (so a table
-    changes only with its results file, written by the command the README names)."""
+    """Every results block of the README and docs/study.md is the rendering of its stored
+    study.json (so a table changes only with its results file, written by the command the docs
+    name)."""
     from gridcam.study.readme import BLOCK, render
 
     text = README.read_text()
     assert "demo" in [m["name"] for m in BLOCK.finditer(text)], "the README must carry the demo's results"
-    for doc in (README, README.parent / "docs" / "study.md"):
+    names = [m["name"] for m in BLOCK.finditer(STUDY_DOC.read_text())]
+    assert "demo" in names and any(n.startswith("cpu") for n in names), \
+        f"docs/study.md must carry the demo's and the cpu preset's results (blocks: {names})"
+    for doc in (README, STUDY_DOC):
         text = doc.read_text()
         assert render(text, RESULTS) == text, f"{doc.name}'s tables differ from docs/results: run gridcam study --render-readme"
 

@@ -431,17 +431,33 @@ def test_evaluate_only_accepts_a_plain_state_dict_as_resume(im, tmp_path, capsys
     assert log_lines(tmp_path / "e")[0]["val"] == log_lines(run_dir)[0]["val"]
 
 
-def test_the_readme_commands_parse():
-    """Every complete ``gridcam ...`` line of the README's shell blocks is a valid command line
-    (lines with a ``...`` placeholder are left out)."""
+def _doc_commands(path: Path) -> list[str]:
+    """Every complete ``gridcam ...`` line (and ``torchrun ... -m gridcam ...`` line) of the shell
+    blocks of one Markdown file, continuation lines joined (lines with a ``...`` placeholder are
+    left out)."""
     import re
+
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(), re.S)
+    commands = [c.split("#")[0].strip() for b in blocks for c in b.replace("\\\n", " ").splitlines()]
+    commands = [c.split(" && ")[0] for c in commands if "..." not in c]
+    out = [c for c in commands if c.startswith("gridcam ")]
+    out += ["gridcam " + c.split(" -m gridcam ", 1)[1] for c in commands
+            if c.startswith("torchrun ") and " -m gridcam " in c]
+    return out
+
+
+def test_the_docs_commands_parse():
+    """Every complete ``gridcam ...`` line of the shell blocks of README.md and docs/*.md is a
+    valid command line; the README names every sub-command in one."""
     import shlex
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
-    commands = [c.split("#")[0].strip() for b in blocks for c in b.replace("\\\n", " ").splitlines()]
-    commands = [c.split(" && ")[0] for c in commands if c.startswith("gridcam ") and "..." not in c]
-    assert len(commands) >= 25
+    root = Path(__file__).resolve().parents[1]
     parser = cli.build_parser()
+    readme = _doc_commands(root / "README.md")
+    assert len(readme) >= 15
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {c.split()[1] for c in readme} >= set(sub.choices)
+    commands = readme + [c for page in sorted((root / "docs").glob("*.md")) for c in _doc_commands(page)]
+    assert len(commands) >= 60
     for command in commands:
         parser.parse_args(shlex.split(command.replace("$r", "run"))[1:])

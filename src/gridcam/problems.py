@@ -33,7 +33,8 @@ from gridcam.errors import GridcamError
 class DataWarning(UserWarning):
     """A data item was skipped or repaired; the message names the file (see gridcam.problems)."""
 
-#: Stable reason codes -> what they mean and what gridcam does (the README's table lists them).
+#: Stable reason codes -> what they mean and what gridcam does (listed by the table in
+#: docs/data.md#bad-input-one-line-per-problem-nothing-good-thrown-away).
 REASONS: dict[str, str] = {
     # image files
     "not_found": "the image file does not exist: image skipped",

@@ -3,8 +3,9 @@
 One JSON line per scored or skipped pair and one ``"done"`` line per image (with what the
 classification scores need, and the image's data problems), written batch by batch and flushed.
 The first line is a header with the format version and the settings (the format is documented in
-the README, "Per-image records"); a file of another format version is refused, not resumed. On restart the file is read, images of completed batches are folded into the totals
-without recomputation, the file is rewritten without any partial batch, and only the remaining
+docs/evaluation.md#per-image-records); a file of another format version is refused, not resumed.
+On restart the file is read, images of completed batches are folded into the totals without
+recomputation, the file is rewritten without any partial batch, and only the remaining
 batches run. Under ``torchrun`` each rank appends to ``FILE.part<rank>``; at the end rank 0
 appends the parts to FILE and deletes them (an interrupted distributed run leaves the parts, which
 the next run, with any number of ranks, reads too).
