@@ -398,3 +398,46 @@ def test_the_gmp_rows_start_from_the_average_pooling_start(tmp_path, monkeypatch
     study.row_checkpoint(own, gmp, 3, tmp_path / "data", tmp_path)
     (pre, pre_dir), _ = calls
     assert pre_dir.parent.name == "pretrain_gmp" and pre.gmp and math.isclose(pre.lr, 0.1 * own.pretrain_lr)
+
+
+def test_metrics_and_methods_of_a_study(tmp_path, monkeypatch, capsys) -> None:
+    """--metrics adds columns beside PG/SPG/CH (always scored), re-scoring without retraining:
+    the training recipe, and so each training folder's stamp, ignores what only evaluation reads."""
+    from gridcam.errors import GridcamError
+
+    c = study.config_for("quick", out=str(tmp_path), metrics="deletion, focus", methods="gradient")
+    assert c.metrics == ("pg", "spg", "ch", "deletion", "focus") and c.methods == ("gradcam", "gradient")
+    plain = study.config_for("quick", out=str(tmp_path))
+    assert plain.metrics == ("pg", "spg", "ch")
+    assert c.training_recipe() == plain.training_recipe() and c.recipe() != plain.recipe()
+    with pytest.raises(GridcamError, match="unknown metric nope; choose from: pg, spg, ch, deletion"):
+        study.config_for("quick", metrics="nope")
+    with pytest.raises(GridcamError, match="unknown explanation method gradcan"):
+        study.config_for("quick", methods="gradcan")
+    assert cli_main(["study", "--metrics", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown metric nope" in capsys.readouterr().err
+
+    # a training folder stamped when stamps held the whole recipe (methods included) is reused
+    what = {"recipe": plain.training_recipe(), "seed": 0, "lam": 0.0}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "study_stage.json").write_text(json.dumps({**what, "recipe": plain.recipe()}))
+    study._stamp(tmp_path / "old", what)
+    with pytest.raises(GridcamError, match="holds a run of a different recipe"):
+        study._stamp(tmp_path / "old", {**what, "lam": 25.0})
+
+
+def test_study_table_carries_the_metrics_it_scored(tmp_path, monkeypatch) -> None:
+    _fake_engine(monkeypatch)
+    real = study.evaluate_row
+
+    def with_deletion(c, ckpt, root, seed, run_dir=None):
+        res = real(c, ckpt, root, seed, run_dir)
+        for m in res["metrics"].values():
+            m["deletion_auc"] = 10.0 + seed
+        return res
+
+    monkeypatch.setattr(study, "evaluate_row", with_deletion)
+    res = study.run_study(study.config_for("quick", out=str(tmp_path), methods="gradcam", metrics="deletion"))
+    assert res["summary"]["rows"]["Baseline"]["gradcam/deletion"]["values"] == [10.0]
+    head = next(line for line in (tmp_path / "study.md").read_text().splitlines() if line.startswith("| Model"))
+    assert head == "| Model | Top-1 | PG | SPG | CH | Deletion |"

@@ -32,6 +32,12 @@ def add_study(sub: argparse._SubParsersAction) -> None:
                    help="GC weight of the GC rows (default: the preset's)")
     p.add_argument("--rows", default=None,
                    help="comma-separated subset of baseline,gc,gmp,gmp_gc (default: all four)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated explanation methods to score (default: gradcam,gradient,"
+                        "input_x_gradient; gradcam is always scored)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metrics beside pg,spg,ch (always scored): deletion, insertion, "
+                        "focus, randomisation (docs/metrics.md; default: none)")
     p.add_argument("--workers", type=non_negative, default=None,
                    help="data-loading processes per training (default: 0)")
     p.add_argument("--jobs", type=positive, default=None,
@@ -63,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
     rows = tuple(r.strip() for r in args.rows.split(",")) if args.rows else None
     config = study.config_for(args.preset, out=args.out, data=args.data, seeds=args.seeds,
                               arch=args.arch, epochs=args.epochs, lr=args.lr, lam=args.lam,
-                              rows=rows, workers=args.workers, jobs=args.jobs, progress=None)
+                              rows=rows, workers=args.workers, jobs=args.jobs, progress=None,
+                              methods=args.methods, metrics=args.metrics)
     known = {r.slug for r in study.ROWS}
     if not set(config.rows) <= known:
         from gridcam.errors import GridcamError

@@ -39,6 +39,7 @@ __all__ = ["ROWS", "PRESETS", "StudyConfig", "Row", "Stage", "config_for", "run_
            "row_checkpoint", "evaluate_row", "table", "load", "describe", "METRICS"]
 
 METHODS = ("gradcam", "gradient", "input_x_gradient")
+DEFAULT_METRICS = ("pg", "spg", "ch")
 METRICS = (("top1", "Top-1"), ("pg", "PG"), ("spg", "SPG"), ("ch", "CH"), ("deletion", "Deletion"),
            ("insertion", "Insertion"), ("focus", "Focus"), ("randomisation", "Randomisation ρ"))
 _METRIC_KEYS = {"pg": "pointing_game", "spg": "stochastic_pointing_game", "ch": "content_heatmap",
@@ -82,7 +83,10 @@ class StudyConfig:
     evaluation. Synthetic data (when ``data`` is None): ``classes``, ``train_per_class`` images of
     ``train_image_size`` px, ``val_per_class`` of ``val_image_size`` px, ``distractors`` and
     ``lookalikes`` (see :func:`gridcam.data.synthetic.make_imagenet`); ``data_seed`` fixes the
-    data for all seeds (seeds vary initialisation and order only).
+    data for all seeds (seeds vary initialisation and order only). ``methods`` and ``metrics``: what
+    every model is scored with (Grad-CAM and PG/SPG/CH always, for the verdicts; ``metrics`` may add
+    deletion, insertion, focus and randomisation, docs/metrics.md); changing them re-scores the
+    finished trainings and retrains nothing.
     """
 
     out: str = "runs/study"
@@ -112,18 +116,31 @@ class StudyConfig:
     wd: float = 1e-4
     workers: int = 0
     methods: tuple[str, ...] = METHODS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
     rows: tuple[str, ...] = tuple(r.slug for r in ROWS)
     device: str | None = None
     progress: bool = False
     jobs: int | None = None
 
     def recipe(self) -> dict[str, Any]:
-        """The fields a finished run or evaluation must match to be reused."""
+        """The fields a finished evaluation must match to be reused."""
         d = asdict(self)
         for k in ("out", "preset", "seeds", "rows", "device", "progress", "workers", "jobs"):
             d.pop(k)
-        d["methods"] = list(self.methods)
+        d["methods"], d["metrics"] = list(self.methods), list(self.metrics)
         return d
+
+    def training_recipe(self) -> dict[str, Any]:
+        """The fields a finished training must match to be reused: the recipe without what only
+        the evaluation reads, so scoring more methods or metrics retrains nothing."""
+        return _training_only(self.recipe())
+
+
+EVAL_ONLY = ("methods", "metrics", "eval_resize")
+
+
+def _training_only(recipe: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in recipe.items() if k not in EVAL_ONLY}
 
 
 _SYNTH_CPU = dict(arch="tiny_resnet_s16", classes=6, train_per_class=1200, lookalikes=False, distractors=1,
@@ -145,7 +162,37 @@ def config_for(preset: str, **overrides: Any) -> StudyConfig:
     if preset not in PRESETS:
         raise GridcamError(f"unknown study preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     kw = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    if "metrics" in kw:
+        kw["metrics"] = _study_metrics(kw["metrics"])
+    if "methods" in kw:
+        kw["methods"] = _study_methods(kw["methods"])
     return StudyConfig(preset=preset, **kw)
+
+
+def _split(items: str | tuple[str, ...] | list[str]) -> list[str]:
+    return [x.strip() for x in (items.split(",") if isinstance(items, str) else items) if x.strip()]
+
+
+def _study_metrics(items: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """PG, SPG and CH (the verdicts read them) followed by the other metrics asked for."""
+    from gridcam.evaluation.totals import ALL_METRICS
+
+    asked = _split(items)
+    bad = [m for m in asked if m not in ALL_METRICS]
+    if bad:
+        raise GridcamError(f"unknown metric {', '.join(bad)}; choose from: {', '.join(ALL_METRICS)}")
+    return tuple(dict.fromkeys([*DEFAULT_METRICS, *asked]))
+
+
+def _study_methods(items: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Grad-CAM (the verdicts read it) followed by the other explanation methods asked for."""
+    from gridcam import cam
+
+    asked = _split(items)
+    bad = [m for m in asked if m not in cam.METHOD_INFO]
+    if bad:
+        raise GridcamError(f"unknown explanation method {', '.join(bad)}; `gridcam methods` lists them")
+    return tuple(dict.fromkeys(["gradcam", *asked]))
 
 
 # ------------------------------------------------------------------------------------ adapters
@@ -214,6 +261,8 @@ def _stamp(save_dir: Path, what: dict[str, Any]) -> None:
             old = json.loads(path.read_text())
         except ValueError:
             old = None
+        if isinstance(old, dict) and isinstance(old.get("recipe"), dict):
+            old["recipe"] = _training_only(old["recipe"])  # stamps once held the whole recipe
         if old is not None and old != what:
             raise GridcamError(f"{save_dir}: holds a run of a different recipe (see {path.name}); "
                                "use a new --out or delete that folder")
@@ -232,7 +281,7 @@ def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir
     from gridcam.runtime.checkpoint import checkpoint_name
 
     last = save_dir / checkpoint_name(stage.epochs)
-    _stamp(save_dir, {"recipe": c.recipe(), "seed": seed, "lam": stage.lam, "gmp": stage.gmp,
+    _stamp(save_dir, {"recipe": c.training_recipe(), "seed": seed, "lam": stage.lam, "gmp": stage.gmp,
                       "epochs": stage.epochs, "lr": stage.lr, "warmup_steps": stage.warmup_steps,
                       "pretrained": str(stage.pretrained) if stage.pretrained else None})
     if last.is_file():
@@ -296,7 +345,7 @@ def evaluate_row(c: StudyConfig, checkpoint: Path, data_root: Path, seed: int,
         per_image = run_dir / "per_image.jsonl"
         per_image.unlink(missing_ok=True)  # a fresh pass: an earlier partial one is of another model
         files = {"output": str(run_dir / "results.json"), "per_image": str(per_image)}
-    config = EvalConfig(methods=list(c.methods), seed=seed, workers=c.workers,
+    config = EvalConfig(methods=list(c.methods), metrics=list(c.metrics), seed=seed, workers=c.workers,
                         input_resize=c.eval_resize, progress=bool(c.progress), **files,
                         record={"dataset": "imagenet", "root": str(Path(data_root).resolve()),
                                 "checkpoint": str(Path(checkpoint).resolve()),
@@ -338,7 +387,10 @@ def _complete(path: Path, recipe: dict[str, Any]) -> dict[str, Any] | None:
         rec = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if rec.get("recipe") != recipe or "numbers" not in rec:
+    stored = rec.get("recipe")
+    if isinstance(stored, dict):
+        stored.setdefault("metrics", list(DEFAULT_METRICS))  # written before studies had --metrics
+    if stored != recipe or "numbers" not in rec:
         return None
     return rec
 
