@@ -150,9 +150,15 @@ def test_describe_methods_lists_every_method_with_cost(capsys):
     assert cli_main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "integrated_gradients" in out and "samples" in out
+    table, legend = out.split("\n\n")
     # every registered method has a line, the CAM family and the perturbation methods included
-    listed = {line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith(" ")}
+    listed = {line.split()[0] for line in table.splitlines()[1:] if line and not line.startswith(" ")}
     assert listed == set(cam.METHODS) and {"rise", "scorecam", "gradcampp"} <= listed
+    # one cost notation (F/B), the relative column explained, lines a terminal shows whole
+    assert table.splitlines()[0].split()[:3] == ["method", "xGCAM", "cost/image"]
+    assert "xGCAM: rough time relative to Grad-CAM" in legend and "F = one forward" in legend
+    assert all(len(line) <= 110 for line in out.splitlines())
+    assert "forward" not in " ".join(r["cost"] for r in rows)
 
 
 # ------------------------------------------------------------------- excitation backprop by hand

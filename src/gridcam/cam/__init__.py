@@ -109,23 +109,23 @@ register("guided_backprop", Method(
 register("excitation_backprop", Method(
     explain_excitation_backprop, uses_layer=True,
     description="excitation backprop: marginal winning probability at `layer`",
-    cost="1F+1B (~2x plain backward)", relative=3.0, label="Excitation backprop"))
+    cost="1F+1B (B ~2x a plain one)", relative=3.0, label="Excitation backprop"))
 register("contrastive_excitation_backprop", Method(
     explain_contrastive_excitation_backprop, uses_layer=True,
     description="contrastive excitation backprop: target minus its dual at `layer`",
-    cost="1F+1B (~2x plain backward)", relative=3.0, label="Contrastive excitation backprop"))
+    cost="1F+1B (B ~2x a plain one)", relative=3.0, label="Contrastive excitation backprop"))
 register("smoothgrad", Method(
     explain_smoothgrad,
     {"samples": f"noisy copies n ({SMOOTHGRAD_SAMPLES}, the paper's)",
      "sigma": "noise std relative to the image's range (0.15)", "generator": _GEN,
      "chunk": "images per forward, the memory budget (32)"},
-    description="SmoothGrad: gradient averaged over noisy copies", cost="(n+1)F+nB, n=samples",
+    description="SmoothGrad: gradient averaged over noisy copies", cost="(n+1)F+nB, n = samples (50)",
     relative=2.0 * SMOOTHGRAD_SAMPLES, label="SmoothGrad"))
 register("integrated_gradients", Method(
     explain_integrated_gradients,
     {"steps": "Gauss-Legendre points n (50)", "baseline": "constant baseline image value (0.0)",
      "chunk": "images per forward, the memory budget (32)"},
-    description="integrated gradients from a constant baseline", cost="(n+1)F+nB, n=steps",
+    description="integrated gradients from a constant baseline", cost="(n+1)F+nB, n = steps (50)",
     relative=100.0, label="Integrated gradients"))
 
 

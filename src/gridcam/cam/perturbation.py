@@ -335,16 +335,16 @@ _SEEDED = {"method_batch": DEFAULT_METHOD_BATCH, "seed": 0, "generator": None, "
 METHODS: dict[str, tuple[Callable[..., tuple[Tensor, Tensor]], dict[str, Any], str, str, bool]] = {
     "rise": (explain_rise, {"num_masks": 4000, "cells": 7, "p": 0.5, "masks": None, **_SEEDED},
              "RISE: probability-weighted mean of N random smooth masks",
-             "1 + N forwards (N = num_masks, 4000)", False),
+             "(1+N)F, N = num_masks (4000)", False),
     "occlusion": (explain_occlusion,
                   {"window": 32, "stride": 16, "baseline": 0.0,
                    "method_batch": DEFAULT_METHOD_BATCH, "progress": False},
                   "Occlusion: logit drop when a sliding square is set to the baseline",
-                  "1 + one forward per window position (169 at 224 px)", False),
+                  "(1+W)F, W = window positions (169 at 224 px)", False),
     "extremal_perturbation": (
         explain_extremal_perturbation,
         {"area": 0.1, "iterations": 80, "step": 7, "blur": 20.0, "lr": 0.05,
          "method_batch": DEFAULT_METHOD_BATCH, "progress": False},
         "Extremal perturbation: optimised smooth mask of fixed area that preserves the logit",
-        "iterations x (forward + backward) per target (80)", False),
+        "iterations x (1F+1B) per target (80)", False),
 }

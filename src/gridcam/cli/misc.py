@@ -170,15 +170,31 @@ def coco_negatives(args: argparse.Namespace) -> int:
 
 
 def list_methods(args: argparse.Namespace) -> int:
-    """``gridcam methods``: name, relative cost, cost per image, description and options, cheapest
-    first."""
+    """``gridcam methods``: name, cost relative to Grad-CAM, cost per image, description and
+    options, cheapest first; descriptions and options wrapped to the terminal (at most 110 columns)."""
+    import shutil
+    import textwrap
+
     from gridcam import cam
 
     rows = cam.describe_methods()
     width = max(len(r["name"]) for r in rows)
-    print(f"{'method':<{width}}  {'rel.':>5}  {'cost/image':<28}  description")
+    cost_w = min(28, max(len(r["cost"]) for r in rows))
+    cols = max(80, min(110, shutil.get_terminal_size((110, 24)).columns))
+    indent = width + 2 + 6 + 2 + cost_w + 2
+    wrap = textwrap.TextWrapper(width=max(30, cols - indent))
+    print(f"{'method':<{width}}  {'xGCAM':>6}  {'cost/image':<{cost_w}}  description")
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['relative']:>5g}  {r['cost']:<28}  {r['description']}")
+        desc = wrap.wrap(r["description"]) or [""]
+        cost = textwrap.wrap(r["cost"], cost_w) or [""]
+        for i in range(max(len(desc), len(cost))):
+            head = (f"{r['name']:<{width}}  {r['relative']:>6g}" if i == 0 else " " * (width + 8))
+            print(f"{head}  {cost[i] if i < len(cost) else '':<{cost_w}}  {desc[i] if i < len(desc) else ''}".rstrip())
         if r["options"]:
-            print(" " * (width + 2) + "options: " + "; ".join(f"{k}: {v}" for k, v in r["options"].items()))
+            text = "options: " + "; ".join(f"{k}: {v}" for k, v in r["options"].items())
+            for line in textwrap.wrap(text, max(30, cols - width - 4)):
+                print(" " * (width + 4) + line)
+    print("\nxGCAM: rough time relative to Grad-CAM, one target at the default options. cost/image: "
+          "F = one forward\nand B = one backward pass of the model, per image (T targets share them "
+          "unless 'per target').")
     return 0
