@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch torchvision
 	$(PIP) install -q -c constraints.txt -e '.[test]'
+	# Quantus, the outside reference of the faithfulness metrics: without its declared opencv-python
+	# (the GUI build, which would shadow grad-cam's opencv-python-headless); its other needs are in .[test]
+	$(PIP) install -q -c constraints.txt --no-deps quantus==0.6.0
 	touch $(STAMP)
 
 venv: $(STAMP)
