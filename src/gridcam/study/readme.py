@@ -7,7 +7,9 @@ A block in a Markdown file::
     <!-- /results -->
 
 is replaced by the tables of ``docs/results/NAME.json`` (a ``study.json`` copied there by the
-person who ran the study), headed by the machine and the wall time it records.
+person who ran the study), headed by the machine and the wall time it records;
+``<!-- results:NAME:METHOD -->`` renders the verdicts and the table of one explanation method only
+(the README's short form).
 ``gridcam study --render-readme README.md`` rewrites every block; ``tests/test_readme.py`` fails
 when the README differs from that rendering, so a table can only change with its results file.
 """
@@ -22,11 +24,13 @@ from gridcam.study import runner
 
 __all__ = ["BLOCK", "machine_line", "render", "render_file"]
 
-BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+?)(?::(?P<method>\w+))? -->\n)(?P<body>.*?)(<!-- /results -->)",
+                   re.S)
 
 
 def machine_line(study: dict) -> str:
-    """``_preset P, S seed(s); CPU (N cores), torch T; M min of training and evaluation._``."""
+    """``_preset P, S seed(s); CPU (N cores), torch T; M min of training and evaluation, W min of
+    wall time._`` (W: the study command's own, a rerun that reuses finished runs is shorter)."""
     cfg, m = study["config"], study.get("machine") or {}
     where = m.get("device_name") or m.get("cpu") or "an unrecorded machine"
     cores = f", {m['cores']} cores" if m.get("cores") else ""
@@ -35,8 +39,10 @@ def machine_line(study: dict) -> str:
     # the trainings' and evaluations' own seconds (one thread each): unlike the wall time of the
     # command, they do not shrink when a rerun reuses finished runs
     work = sum(float(v) for s in (study.get("seconds") or {}).values() for v in s.values())
+    wall = study.get("wall_seconds")
     return (f"_`--preset {cfg.get('preset')}`, {cfg.get('seeds')} seed(s); {where}{cores}{torch_v}{jobs}"
-            + (f"; {work / 60:.1f} min of training and evaluation, one thread each" if work else "") + "._\n")
+            + (f"; {work / 60:.1f} min of training and evaluation, one thread each" if work else "")
+            + (f", {float(wall) / 60:.1f} min of wall time" if wall else "") + "._\n")
 
 
 def render(text: str, results: Path) -> str:
@@ -46,7 +52,15 @@ def render(text: str, results: Path) -> str:
         if not path.is_file():
             raise GridcamError(f"{path}: no such results file (named by a <!-- results:{m['name']} --> block)")
         study = runner.load(path)
-        return m.group(1) + machine_line(study) + "\n" + runner.table(study) + m.group(4)
+        method = m["method"]
+        if method is None:
+            return m.group(1) + machine_line(study) + "\n" + runner.table(study) + m.group(5)
+        if method not in study["config"]["methods"]:
+            raise GridcamError(f"{path}: scores no method {method!r} (named by a <!-- results:{m['name']}:"
+                               f"{method} --> block); it has {', '.join(study['config']['methods'])}")
+        verdicts = "".join(f"- {v}\n" for v in study.get("verdicts") or [])
+        return (m.group(1) + machine_line(study) + "\n" + (verdicts + "\n" if verdicts else "")
+                + runner.table(study, method) + m.group(5))
 
     return BLOCK.sub(one, text)
 

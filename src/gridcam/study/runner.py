@@ -400,13 +400,25 @@ def run_unit(unit: schedule.Unit, c: StudyConfig, root: Path, out: Path) -> list
     unit without rows trains its seed's shared start (no records)."""
     if not unit.rows:
         print(f"[study] shared start, seed {unit.seed}", flush=True)
-        shared_start(c, unit.seed, root, out)
-        return []
+        ckpt = shared_start(c, unit.seed, root, out)
+        return [{"slug": "pretrain", "seed": unit.seed, "seconds": {"train": start_seconds(ckpt.parent)}}]
     recs = []
     for row in unit.rows:
         print(f"[study] {row.name}, seed {unit.seed}", flush=True)
         recs.append({**run_one(c, row, unit.seed, root, out), "slug": row.slug})
     return recs
+
+
+def start_seconds(save_dir: Path) -> float:
+    """Seconds the epochs of a shared start took (its ``train_log.jsonl``; 0 where unreadable), so
+    a study's time counts its pre-trainings, reused or not."""
+    total = 0.0
+    try:
+        for line in (save_dir / "train_log.jsonl").read_text().splitlines():
+            total += float((json.loads(line).get("train") or {}).get("seconds") or 0.0)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0.0
+    return round(total, 1)
 
 
 def run_one(c: StudyConfig, row: Row, seed: int, root: Path, out: Path) -> dict[str, Any]:
@@ -500,6 +512,8 @@ def _run_study(c: StudyConfig) -> dict[str, Any]:
     for recs in schedule.run_units(run_unit, units, jobs, (c, root, out)):
         for rec in recs:
             seconds[f"{rec['slug']}/seed{rec['seed']}"] = rec["seconds"]
+            if "row" not in rec:  # a shared start: time only
+                continue
             for k, v in rec["numbers"].items():
                 values.setdefault(rec["row"], {}).setdefault(k, {})[rec["seed"]] = v
     run_dirs = {r.name: {s: out / "runs" / r.slug / f"seed{s}" for s in range(c.seeds)} for r in rows}
