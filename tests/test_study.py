@@ -463,3 +463,20 @@ def test_start_seconds_sums_the_epochs_of_its_train_log(tmp_path) -> None:
     assert study.start_seconds(tmp_path / "none") == 0.0
     log.write_text("{torn")
     assert study.start_seconds(tmp_path) == 0.0
+
+
+def test_a_copied_study_folder_keeps_its_stamps(tmp_path) -> None:
+    """A stage's start is stamped by its place inside the study folder, so a copy (or a move) of
+    the folder reuses its trainings; stamps that hold the path as given match too."""
+    from gridcam.errors import GridcamError
+
+    old = tmp_path / "a" / "runs" / "gc" / "seed0"
+    old.mkdir(parents=True)
+    given = {"recipe": {"lam": 1.0}, "pretrained": "somewhere/a/runs/pretrain/seed0/checkpoint_008.pth.tar"}
+    (old / "study_stage.json").write_text(json.dumps(given))
+    now = {"recipe": {"lam": 1.0}, "pretrained": study._in_study(tmp_path / "b" / "runs" / "pretrain" / "seed0"
+                                                                  / "checkpoint_008.pth.tar")}
+    assert now["pretrained"] == "runs/pretrain/seed0/checkpoint_008.pth.tar"
+    study._stamp(old, now)
+    with pytest.raises(GridcamError, match="different recipe"):
+        study._stamp(old, {**now, "pretrained": "runs/pretrain_gmp/seed0/checkpoint_008.pth.tar"})

@@ -263,6 +263,8 @@ def _stamp(save_dir: Path, what: dict[str, Any]) -> None:
             old = None
         if isinstance(old, dict) and isinstance(old.get("recipe"), dict):
             old["recipe"] = _training_only(old["recipe"])  # stamps once held the whole recipe
+        if isinstance(old, dict) and old.get("pretrained"):
+            old["pretrained"] = _in_study(old["pretrained"])  # stamps once held the path as given
         if old is not None and old != what:
             raise GridcamError(f"{save_dir}: holds a run of a different recipe (see {path.name}); "
                                "use a new --out or delete that folder")
@@ -270,6 +272,12 @@ def _stamp(save_dir: Path, what: dict[str, Any]) -> None:
             return
     save_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(what, indent=1))
+
+
+def _in_study(path: str | Path | None) -> str | None:
+    """A start's checkpoint as ``runs/<stage>/seed<k>/<file>``, its place inside the study folder,
+    so a study folder moved or copied elsewhere is still the same recipe."""
+    return None if path is None else "/".join(Path(path).parts[-4:])
 
 
 def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir: Path) -> Path:
@@ -283,7 +291,7 @@ def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir
     last = save_dir / checkpoint_name(stage.epochs)
     _stamp(save_dir, {"recipe": c.training_recipe(), "seed": seed, "lam": stage.lam, "gmp": stage.gmp,
                       "epochs": stage.epochs, "lr": stage.lr, "warmup_steps": stage.warmup_steps,
-                      "pretrained": str(stage.pretrained) if stage.pretrained else None})
+                      "pretrained": _in_study(stage.pretrained)})
     if last.is_file():
         return last
     resume = "auto" if any(save_dir.glob("*.pth.tar")) else None
