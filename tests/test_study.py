@@ -453,6 +453,8 @@ def test_study_table_carries_the_metrics_it_scored(tmp_path, monkeypatch) -> Non
     assert res["summary"]["rows"]["Baseline"]["gradcam/deletion"]["values"] == [10.0]
     head = next(line for line in (tmp_path / "study.md").read_text().splitlines() if line.startswith("| Model"))
     assert head == "| Model | Top-1 | PG | SPG | CH | Deletion |"
+    rows = [line for line in (tmp_path / "study.md").read_text().splitlines() if line.startswith("|")]
+    assert all(line.count("|") == head.count("|") for line in rows)  # per-image rows padded with –
 
 
 def test_start_seconds_sums_the_epochs_of_its_train_log(tmp_path) -> None:
