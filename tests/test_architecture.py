@@ -5,6 +5,7 @@ imports included: a cycle hidden inside a function is still a cycle)."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,31 @@ def test_the_checks_can_fail():
     planted["gridcam.runtime.rng"].add("gridcam.runtime.checkpoint")
     planted["gridcam.runtime.checkpoint"].add("gridcam.runtime.rng")
     assert ["gridcam.runtime.checkpoint", "gridcam.runtime.rng"] in cycles(planted)
+
+
+#: Leaf modules: they import only the standard library and these gridcam modules, so a command can
+#: read them without loading torch (``gridcam methods`` / ``gridcam models``: docs/cli.md).
+LEAVES: dict[str, set[str]] = {
+    "gridcam.cam.catalog": {"gridcam.errors"},
+}
+
+
+def outside_imports(module: str) -> set[str]:
+    """Top-level names of the non-gridcam modules ``module`` imports (anywhere in its source)."""
+    path = SRC.joinpath(*module.split(".")).with_suffix(".py")
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names - {"gridcam"}
+
+
+@pytest.mark.parametrize("module", sorted(LEAVES))
+def test_catalogs_are_leaves(module):
+    assert import_graph()[module] <= LEAVES[module]
+    assert outside_imports(module) <= set(sys.stdlib_module_names) | {"__future__"}
 
 
 @pytest.mark.parametrize("package", ["training", "evaluation", "study", "runtime"])

@@ -9,7 +9,7 @@ from torch import nn
 
 from gridcam import models
 from gridcam.errors import GridcamError
-from gridcam.cam import cams, perturbation
+from gridcam.cam import catalog, cams, perturbation
 
 ALL = {**cams.METHODS, **perturbation.METHODS}
 # Small settings so every method runs in well under a second on a tiny model.
@@ -255,8 +255,8 @@ def test_model_is_left_unchanged_also_after_an_error(name):
     x = torch.randn(2, 3, 32, 32)
     ref = model(x).detach()
     before = _snapshot(model)
-    fn, _, _, _, uses_layer = ALL[name]
-    layer = layer if uses_layer else None
+    fn, _ = ALL[name]
+    layer = layer if catalog.ENTRIES[name].uses_layer else None
     fn(model, layer, x, torch.tensor([[0, 3], [2, 2]]), **FAST.get(name, {}))
     _assert_unchanged(model, before, x)
     torch.testing.assert_close(model(x), ref, rtol=0, atol=0)
@@ -276,8 +276,8 @@ def test_same_maps_under_inference_mode(name):
     """The evaluator may call a method under torch.inference_mode()."""
     torch.manual_seed(6)
     model = models.create("tiny_resnet", num_classes=4).eval()
-    fn, _, _, _, uses_layer = ALL[name]
-    layer = models.cam_layer(model) if uses_layer else None
+    fn, _ = ALL[name]
+    layer = models.cam_layer(model) if catalog.ENTRIES[name].uses_layer else None
     x, targets = torch.randn(2, 3, 32, 32), torch.tensor([[0, 1], [2, 3]])
     want, _ = fn(model, layer, x, targets, **FAST.get(name, {}))
     with torch.inference_mode():
@@ -290,11 +290,12 @@ def test_registry_entries_are_complete():
 
     assert set(ALL) == {"gradcampp", "xgradcam", "hirescam", "scorecam", "ablationcam", "eigencam",
                         "layercam", "rise", "occlusion", "extremal_perturbation"}
-    for name, (fn, options, description, cost, uses_layer) in ALL.items():
+    for name, (fn, options) in ALL.items():
         params = inspect.signature(fn).parameters
         declared = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
         assert declared == options, name
-        assert description and cost and isinstance(uses_layer, bool)
+        entry = catalog.ENTRIES[name]  # what `gridcam methods` shows (hirescam: the Grad-CAM one)
+        assert entry.description and entry.cost and isinstance(entry.uses_layer, bool)
         assert fn.__doc__ and "Cost" in fn.__doc__, name
 
 

@@ -5,6 +5,7 @@ Hand-made activations go straight into an identity "CAM layer" (``GapNet`` from 
 so every expected value below is computed by hand or by a few lines of independent code here.
 """
 
+import functools
 import math
 import os
 import re
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from gridcam import cam
-from gridcam.cam import cams, registry
+from gridcam.cam import catalog, cams, perturbation, registry
 from gridcam.cam.registry import Method
 from gridcam.errors import GridcamError
 
@@ -326,46 +327,45 @@ def test_register_adds_the_record_once(fresh_registry):
     assert info["mine"] is m and fns["mine"] is _fa
 
 
-def test_register_table_builds_each_record(fresh_registry, monkeypatch):
-    info, fns = fresh_registry
-    first = registry.register("hirescam", Method(_fb, uses_layer=True, description="first"))
-    monkeypatch.setitem(cam._RELATIVE, "fake_a", 7.5)
-    cam._register_table({
-        "hirescam": (_fa, {}, "second", "9F", False),  # already registered: skipped, no error
-        "fake_a": (_fa, {"n": 3, "p": False}, "desc a", "2F+1B", True),
-        "fake_b": (_fb, {}, "desc b", "1F", False),
-    })
-    assert info["hirescam"] is first
-    assert info["fake_a"] == Method(_fa, {"n": "default 3", "p": "default False"}, uses_layer=True,
-                                    description="desc a", cost="2F+1B", relative=7.5)
-    assert info["fake_b"] == Method(_fb, {}, uses_layer=False, description="desc b", cost="1F",
-                                    relative=1.0)
-    assert info["fake_a"].uses_layer is True and info["fake_b"].uses_layer is False
-    assert fns == {"hirescam": _fb, "fake_a": _fa, "fake_b": _fb}
+def test_each_record_is_its_catalog_entry_with_its_function():
+    """gridcam.cam registers every catalog entry, in order, with the function of its table."""
+    assert list(cam.METHOD_INFO) == list(catalog.ENTRIES)
+    for name, entry in catalog.ENTRIES.items():
+        info = cam.METHOD_INFO[name]
+        assert info == Method(cam.METHODS[name], dict(entry.options), uses_layer=entry.uses_layer,
+                              description=entry.description, cost=entry.cost,
+                              relative=entry.relative, label=entry.label), name
+        assert info.options is not entry.options  # a record's options are its own copy
+    for name, (fn, _) in {**cams.METHODS, **perturbation.METHODS}.items():
+        if name != "hirescam":
+            assert cam.METHOD_INFO[name].fn is fn, name
+    assert cam.METHOD_INFO["gradcam"].fn is cam.explain_gradcam
+    for name in ("hirescam", "linear_approx"):  # the elementwise Grad-CAM, no variant option
+        fn = cam.METHOD_INFO[name].fn
+        assert fn.func is cam.explain_gradcam and fn.keywords == {"variant": "elementwise"}
+        assert cam.METHOD_INFO[name].options == {}
 
 
-def test_register_table_of_the_cam_family_matches_the_registry(fresh_registry):
-    """Rebuilt from cams.METHODS, the records equal those gridcam.cam registered at import."""
-    info, _ = fresh_registry
-    cam._register_table(cams.METHODS)
-    assert set(info) == set(cams.METHODS)
-    assert info["scorecam"] == Method(
+def test_cam_family_records():
+    assert cam.METHOD_INFO["scorecam"] == Method(
         cams.explain_scorecam, {"method_batch": "default 16", "progress": "default False"},
-        uses_layer=True, description=cams.METHODS["scorecam"][2], cost=cams.METHODS["scorecam"][3],
-        relative=600.0, label="Score-CAM")
-    assert info["ablationcam"].options == {"method_batch": "default 256",
-                                           "progress": "default False"}
-    assert info["eigencam"].relative == 0.6 and info["ablationcam"].relative == 4.0
+        uses_layer=True, description=catalog.ENTRIES["scorecam"].description,
+        cost=catalog.ENTRIES["scorecam"].cost, relative=600.0, label="Score-CAM")
+    assert cam.METHOD_INFO["ablationcam"].options == {"method_batch": "default 256",
+                                                      "progress": "default False"}
+    assert cam.METHOD_INFO["eigencam"].relative == 0.6
+    assert cam.METHOD_INFO["ablationcam"].relative == 4.0
+    assert cams.METHODS["ablationcam"] == (cams.explain_ablationcam,
+                                           {"method_batch": 256, "progress": False})
 
 
-def test_imported_registry_has_the_cam_family():
-    for name, (fn, defaults, description, cost, uses_layer) in cams.METHODS.items():
-        if name == "hirescam":
-            continue
-        assert cam.METHOD_INFO[name] == Method(
-            fn, {k: f"default {v!r}" for k, v in defaults.items()}, uses_layer=uses_layer,
-            description=description, cost=cost, relative=cam._RELATIVE.get(name, 1.0),
-            label=description.split(": ")[0]), name
+def test_keyword_defaults_are_the_keyword_only_parameters_not_fixed():
+    def fn(model, layer, images, targets, plain=1, *, a=2, b=None):
+        return images, targets
+
+    assert registry.keyword_defaults(fn) == {"a": 2, "b": None}
+    assert registry.keyword_defaults(functools.partial(fn, a=5)) == {"b": None}
+    assert registry.keyword_defaults(_fb) == {}
 
 
 def test_describe_methods_rows():

@@ -12,8 +12,10 @@ their cost)::
     heat, logits = cam.explain("gradcam", model, models.cam_layer(model), x, targets[:, None])
     heat, logits = cam.explain("integrated_gradients", model, images=x, targets=targets, steps=32)
 
-Every method is registered in :mod:`gridcam.cam.registry` as a :class:`Method` record (function,
-declared options, whether it uses the layer, description, cost); see that module to add one.
+Every method is registered in :mod:`gridcam.cam.registry` as a :class:`Method` record: its function
+(here or in a torch module's table) with its entry in :mod:`gridcam.cam.catalog` (display name,
+description, cost, options, whether it uses the layer), the torch-free listing ``gridcam methods``
+prints; see the registry to add one.
 """
 
 from __future__ import annotations
@@ -46,13 +48,13 @@ from .backprop import (
     explain_guided_backprop,
 )
 from . import cams as _cams
+from . import catalog
 from . import perturbation as _perturbation
 from . import inputs
 from .hooks import Captured, capture
 from .inputs import InputError, closest
 from .registry import METHOD_INFO, METHODS, ExplainFn, Method, method_label, register, select_options
 from .saliency import (
-    SMOOTHGRAD_SAMPLES,
     explain_gradient,
     explain_input_x_gradient,
     explain_smoothgrad,
@@ -82,80 +84,35 @@ __all__ = [
     "zero_maps",
 ]
 
-_LAYER = "read at the output of `layer` (default: the CAM layer)"
-_GEN = "torch.Generator for the noise (None: the global one)"
-
-register("gradcam", Method(
-    explain_gradcam, {"variant": "'elementwise' (paper, default) or 'classic'"}, uses_layer=True,
-    description="Grad-CAM: activations x gradients at the CAM layer", cost="1F+1B", relative=1.0, label="Grad-CAM"))
-register("hirescam", Method(
-    functools.partial(explain_gradcam, variant="elementwise"), uses_layer=True,
-    description="HiResCAM = Grad-CAM 'elementwise' (the paper's variant)", cost="1F+1B", label="HiResCAM"))
-register("linear_approx", Method(
-    functools.partial(explain_gradcam, variant="elementwise"), uses_layer=True,
-    description="TorchRay linear approximation: ReLU(sum_k A_k dS/dA_k) at `layer`", cost="1F+1B", label="Linear approximation"))
-register("gradient", Method(
-    explain_gradient, description="|d logit / d input|, max over colour channels",
-    cost="1F+1B", relative=2.0, label="Gradient"))
-register("input_x_gradient", Method(
-    explain_input_x_gradient, description="|input x gradient|, summed over colour channels",
-    cost="1F+1B", relative=2.0, label="Input x gradient"))
-register("deconvnet", Method(
-    explain_deconvnet, description="DeconvNet: gradient with ReLU backward = ReLU(grad)",
-    cost="1F+1B", relative=2.0, label="DeconvNet"))
-register("guided_backprop", Method(
-    explain_guided_backprop, description="guided backprop: positive gradients through active ReLUs",
-    cost="1F+1B", relative=2.0, label="Guided backprop"))
-register("excitation_backprop", Method(
-    explain_excitation_backprop, uses_layer=True,
-    description="excitation backprop: marginal winning probability at `layer`",
-    cost="1F+1B (B ~2x a plain one)", relative=3.0, label="Excitation backprop"))
-register("contrastive_excitation_backprop", Method(
-    explain_contrastive_excitation_backprop, uses_layer=True,
-    description="contrastive excitation backprop: target minus its dual at `layer`",
-    cost="1F+1B (B ~2x a plain one)", relative=3.0, label="Contrastive excitation backprop"))
-register("smoothgrad", Method(
-    explain_smoothgrad,
-    {"samples": f"noisy copies n ({SMOOTHGRAD_SAMPLES}, the paper's)",
-     "sigma": "noise std relative to the image's range (0.15)", "generator": _GEN,
-     "chunk": "images per forward, the memory budget (32)"},
-    description="SmoothGrad: gradient averaged over noisy copies", cost="(n+1)F+nB, n = samples (50)",
-    relative=2.0 * SMOOTHGRAD_SAMPLES, label="SmoothGrad"))
-register("integrated_gradients", Method(
-    explain_integrated_gradients,
-    {"steps": "Gauss-Legendre points n (50)", "baseline": "constant baseline image value (0.0)",
-     "chunk": "images per forward, the memory budget (32)"},
-    description="integrated gradients from a constant baseline", cost="(n+1)F+nB, n = steps (50)",
-    relative=100.0, label="Integrated gradients"))
+#: name -> the function behind each entry of :data:`catalog.ENTRIES` (the entry holds what
+#: ``gridcam methods`` shows); the CAM family and the perturbation methods come from their tables.
+_FUNCTIONS: dict[str, ExplainFn] = {
+    "gradcam": explain_gradcam,
+    "hirescam": functools.partial(explain_gradcam, variant="elementwise"),
+    "linear_approx": functools.partial(explain_gradcam, variant="elementwise"),
+    "gradient": explain_gradient,
+    "input_x_gradient": explain_input_x_gradient,
+    "deconvnet": explain_deconvnet,
+    "guided_backprop": explain_guided_backprop,
+    "excitation_backprop": explain_excitation_backprop,
+    "contrastive_excitation_backprop": explain_contrastive_excitation_backprop,
+    "smoothgrad": explain_smoothgrad,
+    "integrated_gradients": explain_integrated_gradients,
+    # hirescam is the elementwise Grad-CAM above (equal maps), not cams.explain_hirescam
+    **{name: fn for name, (fn, _) in _cams.METHODS.items() if name != "hirescam"},
+    **{name: fn for name, (fn, _) in _perturbation.METHODS.items()},
+}
 
 
-#: Rough cost of part of the CAM family and the perturbation methods relative to Grad-CAM (one
-#: target, default options, resnet18 at 224 px on CPU: ``benchmarks/cam_family.py``).
-_RELATIVE = {"gradcampp": 1.0, "xgradcam": 1.0, "layercam": 1.0, "eigencam": 0.6, "ablationcam": 4.0,
-             "scorecam": 600.0, "occlusion": 450.0, "rise": 800.0, "extremal_perturbation": 950.0}
+def _record(name: str, entry: catalog.Entry) -> Method:
+    """The registry record of catalog entry ``entry``: its function and what the entry says."""
+    return Method(_FUNCTIONS[name], dict(entry.options), uses_layer=entry.uses_layer,
+                  description=entry.description, cost=entry.cost, relative=entry.relative,
+                  label=entry.label)
 
 
-def _label(description: str) -> str:
-    """The display name a table's description starts with (``"Score-CAM: ..."``), else ""."""
-    head, sep, _ = description.partition(": ")
-    return head if sep else ""
-
-
-def _register_table(table: dict[str, tuple[Any, dict[str, Any], str, str, bool]]) -> None:
-    """Register the methods of a module's ``METHODS`` table ``name -> (fn, {option: default},
-    description, cost, uses_layer)`` (the CAM family and the perturbation methods). Each
-    description starts with the method's display name and a colon (``"Score-CAM: ..."``): that
-    is its label (:func:`_label`)."""
-    for name, (fn, defaults, description, cost, uses_layer) in table.items():
-        if name in METHOD_INFO:  # hirescam: already the elementwise Grad-CAM above
-            continue
-        register(name, Method(fn, {k: f"default {v!r}" for k, v in defaults.items()},
-                              uses_layer=uses_layer, description=description, cost=cost,
-                              relative=_RELATIVE.get(name, 1.0), label=_label(description)))
-
-
-_register_table(_cams.METHODS)
-_register_table(_perturbation.METHODS)
+for _name, _entry in catalog.ENTRIES.items():
+    register(_name, _record(_name, _entry))
 
 
 def list_methods() -> list[str]:
@@ -165,12 +122,8 @@ def list_methods() -> list[str]:
 
 def describe_methods() -> list[dict[str, Any]]:
     """One dict per registered method, cheapest first: name, label (the display name), description,
-    cost, options, layer."""
-    rows = [{"name": n, "label": method_label(n), "description": m.description, "cost": m.cost,
-             "relative": m.relative,
-             "options": dict(m.options), "uses_layer": m.uses_layer}
-            for n, m in METHOD_INFO.items()]
-    return sorted(rows, key=lambda r: (r["relative"], r["name"]))
+    cost, relative, options, uses_layer (:func:`catalog.describe` of :data:`METHOD_INFO`)."""
+    return catalog.describe(METHOD_INFO)
 
 
 def explain(

@@ -31,6 +31,7 @@ from ..errors import GridcamError
 from .gradcam import _as_2d_targets, _check_targets, _prepare_images, target_gradients, upsample
 from .hooks import capture
 from .inputs import InputError
+from .registry import keyword_defaults
 
 __all__ = [
     "METHODS",
@@ -357,29 +358,17 @@ def _bar(progress: bool, total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
 
 
-_PERTURB_OPTS = {"method_batch": DEFAULT_METHOD_BATCH, "progress": False}
-
-#: name -> (fn, options with defaults, one-line description, relative cost, uses ``layer``).
-METHODS: dict[str, tuple[Callable[..., tuple[Tensor, Tensor]], dict[str, Any], str, str, bool]] = {
-    "gradcampp": (explain_gradcampp, {},
-                  "Grad-CAM++: channel weights sum_ij alpha_ij ReLU(g_ij) (second-order alphas)",
-                  "1F+1B", True),
-    "xgradcam": (explain_xgradcam, {},
-                 "XGrad-CAM: channel weights = activation-weighted mean of the gradients",
-                 "1F+1B", True),
-    "hirescam": (explain_hirescam, {},
-                 "HiResCAM: ReLU(sum_k g_k * A_k), the paper's elementwise Grad-CAM",
-                 "1F+1B", True),
-    "layercam": (explain_layercam, {},
-                 "LayerCAM: ReLU(sum_k ReLU(g_k) * A_k)",
-                 "1F+1B", True),
-    "eigencam": (explain_eigencam, {},
-                 "Eigen-CAM: first principal component of the CAM-layer activations (no class)",
-                 "1F", True),
-    "scorecam": (explain_scorecam, dict(_PERTURB_OPTS),
-                 "Score-CAM: channel weights = class probability of the channel-masked image",
-                 "(1+K)F, K = channels (512 in ResNet-18)", True),
-    "ablationcam": (explain_ablationcam, {"method_batch": 256, "progress": False},
-                    "Ablation-CAM: channel weights = relative logit drop when a channel is zeroed",
-                    "(1+K/method_batch)F + K head-only F, K = channels", True),
+#: name -> (fn, {option: its default}) of the CAM family. The defaults are the functions' own
+#: (:func:`~gridcam.cam.registry.keyword_defaults`); what ``gridcam methods`` shows of each method
+#: (description, cost, options' help) is its entry in :mod:`gridcam.cam.catalog`.
+METHODS: dict[str, tuple[Callable[..., tuple[Tensor, Tensor]], dict[str, Any]]] = {
+    name: (fn, keyword_defaults(fn)) for name, fn in {
+        "gradcampp": explain_gradcampp,
+        "xgradcam": explain_xgradcam,
+        "hirescam": explain_hirescam,  # registered as the elementwise Grad-CAM (cam/__init__.py)
+        "layercam": explain_layercam,
+        "eigencam": explain_eigencam,
+        "scorecam": explain_scorecam,
+        "ablationcam": explain_ablationcam,
+    }.items()
 }

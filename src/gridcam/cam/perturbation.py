@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..errors import GridcamError
 from .cams import DEFAULT_METHOD_BATCH, _bar, _check_method_batch
 from .gradcam import _as_2d_targets, _check_targets
+from .registry import keyword_defaults
 
 __all__ = ["METHODS", "explain_extremal_perturbation", "explain_occlusion", "explain_rise",
            "rise_masks"]
@@ -329,22 +330,13 @@ def _extremal_masks(
             return _smooth_mask(param, (H, W), step)[:, 0].clamp(0, 1)
 
 
-_SEEDED = {"method_batch": DEFAULT_METHOD_BATCH, "seed": 0, "generator": None, "progress": False}
-
-#: name -> (fn, options with defaults, one-line description, relative cost, uses ``layer``).
-METHODS: dict[str, tuple[Callable[..., tuple[Tensor, Tensor]], dict[str, Any], str, str, bool]] = {
-    "rise": (explain_rise, {"num_masks": 4000, "cells": 7, "p": 0.5, "masks": None, **_SEEDED},
-             "RISE: probability-weighted mean of N random smooth masks",
-             "(1+N)F, N = num_masks (4000)", False),
-    "occlusion": (explain_occlusion,
-                  {"window": 32, "stride": 16, "baseline": 0.0,
-                   "method_batch": DEFAULT_METHOD_BATCH, "progress": False},
-                  "Occlusion: logit drop when a sliding square is set to the baseline",
-                  "(1+W)F, W = window positions (169 at 224 px)", False),
-    "extremal_perturbation": (
-        explain_extremal_perturbation,
-        {"area": 0.1, "iterations": 80, "step": 7, "blur": 20.0, "lr": 0.05,
-         "method_batch": DEFAULT_METHOD_BATCH, "progress": False},
-        "Extremal perturbation: optimised smooth mask of fixed area that preserves the logit",
-        "iterations x (1F+1B) per target (80)", False),
+#: name -> (fn, {option: its default}) of the perturbation methods. The defaults are the functions'
+#: own (:func:`~gridcam.cam.registry.keyword_defaults`); what ``gridcam methods`` shows of each
+#: method (description, cost, options' help) is its entry in :mod:`gridcam.cam.catalog`.
+METHODS: dict[str, tuple[Callable[..., tuple[Tensor, Tensor]], dict[str, Any]]] = {
+    name: (fn, keyword_defaults(fn)) for name, fn in {
+        "rise": explain_rise,
+        "occlusion": explain_occlusion,
+        "extremal_perturbation": explain_extremal_perturbation,
+    }.items()
 }

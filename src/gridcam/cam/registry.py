@@ -1,25 +1,44 @@
 """The explanation-method registry: one :class:`Method` record per name.
 
+A method is two things, written in two places:
+
+* what ``gridcam methods`` shows of it (display name, description, cost, whether it reads the
+  layer, its options with their defaults): an :class:`~gridcam.cam.catalog.Entry` in
+  ``cam/catalog.py``, which imports no torch so that ``gridcam methods`` starts fast;
+* the function that computes the maps, in a torch module (``cam/cams.py``, ``cam/saliency.py``, ...).
+
 How to register a method (e.g. a new CAM variant in ``cam/cams.py``)::
 
-    # in the module that defines it
+    # in the module that defines it; every option is keyword-only, with its default
     def explain_mycam(model, layer, images, targets, *, alpha: float = 0.5):
         ...  # -> (heatmaps (B,T,h,w) float32 >= 0 detached, logits (B,C) detached)
 
-    # in cam/__init__.py, next to the other register() calls
-    register("mycam", Method(explain_mycam, options={"alpha": "mixing weight (0.5)"},
-                             uses_layer=True, description="one line for `gridcam methods`",
-                             cost="1F+1B"))
+    # cams.py: add it to the module's METHODS table (name -> (fn, keyword_defaults(fn)))
+    "mycam": (explain_mycam, keyword_defaults(explain_mycam)),
+
+    # cam/catalog.py: its entry in ENTRIES (where it stands is where it is registered)
+    "mycam": Entry("MyCAM", "MyCAM: one line for `gridcam methods`", "1F+1B", uses_layer=True,
+                   options={"alpha": "mixing weight (0.5)"}),
+
+``cam/__init__.py`` registers every catalog entry with its function (a table of the torch
+modules, or its own for the gradient methods); ``tests/test_catalogs.py`` fails when a method has
+no entry or an entry no method, when the options differ from the function's keywords, or when a
+default the help states is not the function's.
 
 ``options`` names every keyword the function accepts (name -> one-line help with the default):
 ``explain`` rejects any other keyword with an error listing these. ``uses_layer=False`` lets the
 caller omit ``layer``. ``cost`` is per image and per pass over the T targets, in forwards (F) and
 backwards (B) of the model, with ``n`` standing for the method's sample/step option; it is what
 ``gridcam methods`` prints, ``relative`` orders methods from cheap to expensive.
+
+Outside code may also call :func:`register` with a :class:`Method` of its own (no catalog entry:
+the record holds everything); ``gridcam methods`` lists only the catalog.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +48,8 @@ from torch import Tensor
 from ..errors import GridcamError
 from .inputs import closest
 
-__all__ = ["ExplainFn", "Method", "METHODS", "METHOD_INFO", "method_label", "register",
-           "select_options"]
+__all__ = ["ExplainFn", "Method", "METHODS", "METHOD_INFO", "keyword_defaults", "method_label",
+           "register", "select_options"]
 
 ExplainFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -73,6 +92,15 @@ def register(name: str, method: Method) -> Method:
     METHOD_INFO[name] = method
     METHODS[name] = method.fn
     return method
+
+
+def keyword_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The options a caller may pass to explain function ``fn``: its keyword-only parameters with
+    their defaults, in order, less those a ``functools.partial`` already fixes (the elementwise
+    Grad-CAM behind ``hirescam`` takes no ``variant``)."""
+    fixed = fn.keywords if isinstance(fn, functools.partial) else {}
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in fixed}
 
 
 def method_label(name: str) -> str:
