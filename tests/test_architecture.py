@@ -165,6 +165,7 @@ def test_the_checks_can_fail():
 #: read them without loading torch (``gridcam methods`` / ``gridcam models``: docs/cli.md).
 LEAVES: dict[str, set[str]] = {
     "gridcam.cam.catalog": {"gridcam.errors"},
+    "gridcam.models.catalog": {"gridcam.errors"},
 }
 
 

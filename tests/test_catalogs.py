@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from gridcam import cam
+from gridcam import cam, models
 from gridcam.cam import catalog
+from gridcam.models import catalog as architectures
+from gridcam.models import registry
 from gridcam.cam.registry import keyword_defaults
 
 _MISSING = object()
@@ -68,3 +70,11 @@ def test_entries_are_what_methods_shows():
     for name, entry in catalog.ENTRIES.items():
         assert entry.label and entry.description and entry.cost and entry.relative > 0, name
     assert catalog.describe() == cam.describe_methods()
+
+
+def test_architecture_catalog_is_the_registry_builtins():
+    names = list(architectures.ARCHITECTURES)
+    assert set(names) == set(registry._BUILTINS)  # a constructor for each name, a name for each
+    assert models.list_models()[:len(names)] == names  # registered first, in the catalog's order
+    for name, description in architectures.ARCHITECTURES.items():
+        assert description and models.describe(name) == description

@@ -1,4 +1,6 @@
-"""One registry maps an architecture name to a constructor (timm-style); the CLI lists it."""
+"""One registry maps an architecture name to a constructor (timm-style). The built-ins' names and
+descriptions are :mod:`gridcam.models.catalog` (torch-free: ``gridcam models`` lists it); outside
+code may :func:`register` more."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from torch import nn
 
 from gridcam.errors import GridcamError
+from gridcam.models import catalog
 from gridcam.models.info import info
 from gridcam.models.layers import get_layer
 
@@ -32,6 +35,7 @@ def list_models() -> list[str]:
 
 
 def describe(name: str) -> str:
+    """The one-line description of registered architecture ``name``."""
     return _REGISTRY[name][1]
 
 
@@ -85,22 +89,17 @@ def _avg_only(name: str, build: Callable[[int], nn.Module]) -> Constructor:
     return constructor
 
 
-for _name, _blocks in [("resnet18", "BasicBlock [2,2,2,2]"), ("resnet34", "BasicBlock [3,4,6,3]"),
-                       ("resnet50", "Bottleneck [3,4,6,3]"), ("resnet101", "Bottleneck [3,4,23,3]"),
-                       ("resnet152", "Bottleneck [3,8,36,3]")]:
-    register(_name, f"torchvision ResNet ({_blocks}), CAM layer layer4")(_resnet(_name))
-
-register("tiny_resnet", "ResNet BasicBlock [1,1,1,1], widths 16/32/64/128: CPU tests and demos")(
-    _tiny_resnet)
-register("tiny_resnet_s16", "tiny_resnet with layer4 at stride 1 (stride 16: 4x4 maps at 64 px): the CPU study")(
-    lambda n, pooling: _tiny_resnet(n, pooling, strides=(1, 2, 2, 1)))
-register("alexnet", "torchvision AlexNet, CAM layer features (6x6 at 224 px)")(
-    _avg_only("alexnet", lambda n: _torchvision_models().alexnet(num_classes=n)))
-for _cfg in ("vgg11", "vgg13", "vgg16", "vgg19"):
-    for _bn in (False, True):
-        _n = _cfg + ("_bn" if _bn else "")
-        register(_n, f"torchvision VGG {_cfg[3:]}{' with batch norm' if _bn else ''}, CAM layer features")(
-            _avg_only(_n, lambda n, name=_n: getattr(_torchvision_models(), name)(num_classes=n)))
+#: built-in name -> its constructor; the names and descriptions are :data:`catalog.ARCHITECTURES`.
+_BUILTINS: dict[str, Constructor] = {
+    **{name: _resnet(name) for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")},
+    "tiny_resnet": _tiny_resnet,
+    "tiny_resnet_s16": lambda n, pooling: _tiny_resnet(n, pooling, strides=(1, 2, 2, 1)),
+    "alexnet": _avg_only("alexnet", lambda n: _torchvision_models().alexnet(num_classes=n)),
+    **{name: _avg_only(name, lambda n, name=name: getattr(_torchvision_models(), name)(num_classes=n))
+       for name in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")},
+}
+for _name, _description in catalog.ARCHITECTURES.items():
+    register(_name, _description)(_BUILTINS[_name])
 
 
 def unwrap(model: nn.Module) -> nn.Module:
