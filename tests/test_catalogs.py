@@ -78,3 +78,16 @@ def test_architecture_catalog_is_the_registry_builtins():
     assert models.list_models()[:len(names)] == names  # registered first, in the catalog's order
     for name, description in architectures.ARCHITECTURES.items():
         assert description and models.describe(name) == description
+
+
+def test_models_command_lines_up_the_descriptions(capsys):
+    """The name column is as wide as the longest name (tiny_resnet_s16), so every description
+    starts in the same column."""
+    from gridcam.cli import main
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()[:len(architectures.ARCHITECTURES)]
+    width = max(map(len, architectures.ARCHITECTURES))
+    for line, (name, description) in zip(lines, architectures.ARCHITECTURES.items()):
+        assert line == f"{name.ljust(width)} {description}"
+    assert "\ntiny_resnet_s16 tiny_resnet with layer4 at stride 1" in "\n".join(lines)

@@ -55,7 +55,7 @@ def _record(feats: Captured, output: Any) -> None:
 def _recorder() -> Callable[[Captured, Any], None]:
     """:func:`_record` under ``torch.compiler.disable``, made on the first :func:`capture` (eagerly,
     never inside a compiled region): the decorator imports torch._dynamo, seconds of start-up that
-    ``gridcam methods`` and ``import gridcam.cam`` need not pay."""
+    ``import gridcam.cam`` need not pay."""
     return torch.compiler.disable(_record)
 
 

@@ -13,23 +13,59 @@ vocabulary, and the model flags of train and evaluate.
   folder (or the temporary folder) instead, and the one-line error says where.
 * :func:`add_methods_option` / :func:`parse_methods`: ``--methods`` in every command, with the old
   ``--method`` kept as a hidden alias.
+* :func:`leaf_module`: a torch-free catalog (``gridcam.cam.catalog``) without its package's
+  ``__init__``, which imports torch: what keeps ``gridcam methods`` and ``gridcam models`` fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn
 
+import gridcam
 from gridcam.errors import GridcamError
 
 #: More loader processes than cores only adds contention (and a DataLoader warning).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+
+# -------------------------------------------------------------------------------- leaf modules
+def leaf_module(name: str) -> ModuleType:
+    """Import the leaf module ``name`` (``"gridcam.cam.catalog"``, ``"gridcam.models.catalog"``)
+    without running its package's ``__init__`` while that package is not imported yet.
+
+    ``gridcam.cam`` and ``gridcam.models`` import torch when imported (about 2 s on a 2-core
+    machine); their catalogs import only the standard library (``LEAVES`` in
+    tests/test_architecture.py), so the listing commands load the catalog's file alone. The module
+    goes into ``sys.modules`` under its own name, so a later ``import gridcam.cam`` in the same
+    process uses this very module. Once the package is imported, this is a plain import.
+    """
+    if name in sys.modules:
+        return sys.modules[name]
+    if name.rpartition(".")[0] in sys.modules:
+        return importlib.import_module(name)
+    path = Path(gridcam.__file__).parent.joinpath(*name.split(".")[1:]).with_suffix(".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {name} from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 # ------------------------------------------------------------------------------- parser, help

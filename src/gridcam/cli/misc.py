@@ -12,6 +12,7 @@ from gridcam.cli.common import (
     check_output_dir,
     check_output_file,
     fraction,
+    leaf_module,
     non_negative,
     positive,
 )
@@ -90,11 +91,12 @@ def add_coco_negatives(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------- handlers
 def list_models(args: argparse.Namespace) -> int:
-    """``gridcam models``: one line per architecture."""
-    from gridcam import models
-
-    for name in models.list_models():
-        print(f"{name:<12} {models.describe(name)}")
+    """``gridcam models``: one line per built-in architecture (the torch-free catalog), the names
+    in a column as wide as the longest."""
+    architectures = leaf_module("gridcam.models.catalog").ARCHITECTURES
+    width = max(map(len, architectures))
+    for name, description in architectures.items():
+        print(f"{name:<{width}} {description}")
     print("outside models: torchvision:NAME, timm:NAME, hf:NAME_OR_PATH, MODULE:FACTORY "
           "(see `gridcam layers -a ARCH`)")
     return 0
@@ -171,13 +173,12 @@ def coco_negatives(args: argparse.Namespace) -> int:
 
 def list_methods(args: argparse.Namespace) -> int:
     """``gridcam methods``: name, cost relative to Grad-CAM, cost per image, description and
-    options, cheapest first; descriptions and options wrapped to the terminal (at most 110 columns)."""
+    options, cheapest first; descriptions and options wrapped to the terminal (at most 110 columns).
+    Read from the torch-free catalog (:mod:`gridcam.cam.catalog`): no torch is imported."""
     import shutil
     import textwrap
 
-    from gridcam import cam
-
-    rows = cam.describe_methods()
+    rows = leaf_module("gridcam.cam.catalog").describe()
     width = max(len(r["name"]) for r in rows)
     cost_w = min(28, max(len(r["cost"]) for r in rows))
     cols = max(80, min(110, shutil.get_terminal_size((110, 24)).columns))

@@ -53,7 +53,7 @@ def create_builtin(name: str, num_classes: int = 1000, pooling: str = "avg") -> 
 
 def _torchvision_models() -> ModuleType:
     """``torchvision.models``, imported on first use: importing torchvision (and torch._dynamo
-    with it) takes seconds, which ``gridcam models`` and ``gridcam methods`` need not wait for."""
+    with it) takes seconds, which ``import gridcam.models`` need not wait for."""
     import torchvision.models
 
     return torchvision.models
