@@ -482,3 +482,30 @@ def test_a_copied_study_folder_keeps_its_stamps(tmp_path) -> None:
     study._stamp(old, now)
     with pytest.raises(GridcamError, match="different recipe"):
         study._stamp(old, {**now, "pretrained": "runs/pretrain_gmp/seed0/checkpoint_008.pth.tar"})
+
+
+def test_per_image_diffs_carry_the_faithfulness_metrics_where_scored(tmp_path) -> None:
+    """Deletion, insertion, Focus (in points) and the randomisation rho (as it is) are paired per
+    (image, class) like SPG and CH, over the pairs both rows scored; a metric no row scored is left
+    out, and a pair one row skipped for the metric only is left out of that metric alone."""
+    from gridcam.study import pairs
+
+    def run(row, recs):
+        d = tmp_path / row / "seed0"
+        d.mkdir(parents=True)
+        (d / "per_image.jsonl").write_text("".join(json.dumps({"method": "gradcam", **r}) + "\n" for r in recs))
+        return {0: d}
+
+    base = run("b", [{"index": 0, "class": 0, "pg_hit": True, "spg": 0.5, "ch": 0.5, "deletion": 0.20,
+                      "randomisation": 0.5},
+                     {"index": 1, "class": 1, "pg_hit": True, "spg": 0.5, "ch": 0.5, "deletion": 0.30,
+                      "randomisation_skipped": "constant_heatmap"}])
+    ours = run("g", [{"index": 0, "class": 0, "pg_hit": True, "spg": 0.6, "ch": 0.5, "deletion": 0.10,
+                      "randomisation": 0.25},
+                     {"index": 1, "class": 1, "pg_hit": True, "spg": 0.6, "ch": 0.5, "deletion": 0.20,
+                      "randomisation": 0.75}])
+    d = pairs.per_image_diffs({"Ours": ours, "Base": base}, [("Ours", "Base")], ["gradcam"])["Ours - Base"]
+    assert d["gradcam/deletion"]["n"] == 2 and math.isclose(d["gradcam/deletion"]["mean"], -10.0)
+    assert d["gradcam/randomisation"]["n"] == 1 and math.isclose(d["gradcam/randomisation"]["mean"], -0.25)
+    assert "gradcam/insertion" not in d and "gradcam/focus" not in d
+    assert math.isclose(d["gradcam/spg"]["mean"], 10.0) and d["gradcam/spg"]["n"] == 2

@@ -3,7 +3,8 @@
 The seed-level table (``stats.summarize``) says how much a row moves between seeds; with one seed
 (the demo) it has no interval at all. Here each "Ours" row is compared with its baseline pair by
 pair: for every (seed, image, class) that both models scored, the difference of their pointing
-game hit, SPG and CH, in points; the mean over those pairs gets a 95 % t-interval. A pair that one
+game hit, SPG and CH (and deletion, insertion, Focus and the randomisation test's rho where they
+were scored), in points; the mean over those pairs gets a 95 % t-interval. A pair that one
 model skipped (e.g. an all-zero heatmap) is left out for both, so the two means cover the same
 pairs (``n`` says how many).
 """
@@ -20,18 +21,23 @@ __all__ = ["METRICS", "common_pairs", "per_image_diffs", "verdict"]
 
 #: per-image record field -> study metric key
 METRICS = {"pg_hit": "pg", "spg": "spg", "ch": "ch"}
+#: the faithfulness metrics' record fields -> (study key, scale to the study's unit): deletion,
+#: insertion and Focus in points, the randomisation test's rho as it is; paired where scored
+BEYOND = {"deletion": ("deletion", 100.0), "insertion": ("insertion", 100.0), "focus": ("focus", 100.0),
+          "randomisation": ("randomisation", 1.0)}
 
 
 def _scores(files: Mapping[int, Path], method: str) -> dict[str, dict[tuple[int, int, int], float]]:
     """metric -> {(seed, image index, class): value in points} over the runs' per-image files."""
     out: dict[str, dict[tuple[int, int, int], float]] = {m: {} for m in METRICS.values()}
+    fields = {**{f: (k, 100.0) for f, k in METRICS.items()}, **BEYOND}
     for seed, path in files.items():
         if not path.is_file():
             continue
         for (index, cls), rec in pair_scores(path, method).items():
-            for field, key in METRICS.items():
-                if field in rec:
-                    out[key][(seed, index, cls)] = 100.0 * float(rec[field])
+            for field, (key, scale) in fields.items():
+                if rec.get(field) is not None:
+                    out.setdefault(key, {})[(seed, index, cls)] = scale * float(rec[field])
     return out
 
 
@@ -47,8 +53,10 @@ def per_image_diffs(run_dirs: Mapping[str, Mapping[int, Path]], pairs: Sequence[
         for method in methods:
             a = _scores({s: d / "per_image.jsonl" for s, d in run_dirs[ours].items()}, method)
             b = _scores({s: d / "per_image.jsonl" for s, d in run_dirs[base].items()}, method)
-            for key in METRICS.values():
-                stat = paired(a[key], b[key])
+            for key in (*METRICS.values(), *(k for k, _ in BEYOND.values())):
+                if key not in METRICS.values() and not (set(a.get(key, {})) & set(b.get(key, {}))):
+                    continue  # a faithfulness metric neither scored on common pairs
+                stat = paired(a.get(key, {}), b.get(key, {}))
                 cols[f"{method}/{key}"] = {k: stat[k] for k in ("mean", "half", "n")}
         result[f"{ours} - {base}"] = cols
     return result

@@ -469,10 +469,9 @@ def table(study: dict[str, Any], method: str | None = None) -> str:
         md = study_stats.markdown(study["summary"], cols[m])
         for name, d in study.get("per_image", {}).items():
             n = d.get(f"{m}/spg", {}).get("n", 0)
-            extra = max(0, len(cols[m]) - 4)  # faithfulness columns: paired per image only over seeds
             md += (f"| *{name}, per (image, class) pair, n = {n}* | – | "
-                   + " | ".join(study_stats.cell(d.get(f"{m}/{k}"), signed=True) for k in ("pg", "spg", "ch"))
-                   + " |" + " – |" * extra + "\n")
+                   + " | ".join(study_stats.cell(d.get(key), signed=True) for key, _ in cols[m][1:])
+                   + " |\n")
         n = study.get("common_pairs", {}).get(m)
         note = study["summary_note"] + (
             f"; PG, SPG and CH over the (image, class) pairs every row scored: {sum(n.values())} "
