@@ -509,3 +509,18 @@ def test_per_image_diffs_carry_the_faithfulness_metrics_where_scored(tmp_path) -
     assert d["gradcam/randomisation"]["n"] == 1 and math.isclose(d["gradcam/randomisation"]["mean"], -0.25)
     assert "gradcam/insertion" not in d and "gradcam/focus" not in d
     assert math.isclose(d["gradcam/spg"]["mean"], 10.0) and d["gradcam/spg"]["n"] == 2
+
+
+def test_a_start_alone_on_its_cores_gets_a_loader_worker(tmp_path, monkeypatch) -> None:
+    """With fewer starts than processes (the demo: 1 seed, 2 processes) a core idles while the start
+    trains, so the start unit decodes with one loader process (the same run as none, tested in
+    tests/test_train_flags.py); rows units keep the study's own setting."""
+    sched = study.schedule
+    units = sched.make_units(study.ROWS, 1, shared_start=True, start_workers=1)
+    assert [u.workers for u in units] == [1, None, None]
+    seen = []
+    monkeypatch.setattr(study, "shared_start", lambda c, seed, root, out, gmp=False: seen.append(c.workers)
+                        or tmp_path / "pretrain" / "seed0" / "x.pth.tar")
+    c = study.config_for("quick", out=str(tmp_path))
+    recs = study.run_unit(units[0], c, tmp_path, tmp_path)
+    assert seen == [1] and recs == [{"slug": "pretrain", "seed": 0, "seconds": {"train": 0.0}}]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -408,7 +408,7 @@ def run_unit(unit: schedule.Unit, c: StudyConfig, root: Path, out: Path) -> list
     unit without rows trains its seed's shared start (no records)."""
     if not unit.rows:
         print(f"[study] shared start, seed {unit.seed}", flush=True)
-        ckpt = shared_start(c, unit.seed, root, out)
+        ckpt = shared_start(c if unit.workers is None else replace(c, workers=unit.workers), unit.seed, root, out)
         return [{"slug": "pretrain", "seed": unit.seed, "seconds": {"train": start_seconds(ckpt.parent)}}]
     recs = []
     for row in unit.rows:
@@ -512,6 +512,10 @@ def _run_study(c: StudyConfig) -> dict[str, Any]:
     shared = bool(c.pretrain_epochs) and c.gmp_from_avg
     units = schedule.make_units(rows, c.seeds, shared_start=shared)
     jobs = c.jobs or schedule.default_jobs(_on_cpu(c), len(units))
+    if shared and _on_cpu(c) and not c.workers and c.seeds < jobs:
+        # fewer starts than processes: a core is idle while they train, so it decodes their JPEGs
+        # (loader workers give the same run as none: tests/test_train_flags.py)
+        units = schedule.make_units(rows, c.seeds, shared_start=True, start_workers=1)
     if jobs > 1:
         what = "shared starts, then seed x pooling" if shared else "seed x pooling"
         print(f"[study] {len(units)} units ({what}) on {jobs} processes, one thread each", flush=True)
