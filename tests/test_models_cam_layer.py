@@ -75,7 +75,7 @@ def test_negative_cam_layer_through_train_evaluate_explain_layers(data: Path, tm
     err, train = _train(data, tmp_path / "run", "blocks.-1.norm1", capsys)
     assert train["gc_loss"] > 1e-6 and ZERO not in err
     ckpt = tmp_path / "run" / "model_best.pth.tar"
-    assert torch.load(ckpt, weights_only=False)["cam_layer"] == "blocks.1.norm1"
+    assert torch.load(ckpt, weights_only=True)["cam_layer"] == "blocks.1.norm1"
     err, res = _evaluate(data, ckpt, tmp_path / "r.json", capsys, "--cam-layer", "blocks.-1.norm1")
     assert res["config"]["cam_layer"] == "blocks.1.norm1" and res["config"]["reshape"] == "vit:1"
     assert res["metrics"]["gradcam"]["evaluated"] == 6 and ZERO not in err

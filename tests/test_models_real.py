@@ -127,7 +127,7 @@ def test_real_model_end_to_end(case: Case, data: Path, hf_dir: Path, tiny_timm: 
     assert printed > 1e-6 and logged > 1e-6, io.err
     assert "all-zero" not in io.err and "Traceback" not in io.err
     ckpt = run / "model_best.pth.tar"
-    assert torch.load(ckpt, weights_only=False)["cam_layer"] == case.layer
+    assert torch.load(ckpt, weights_only=True)["cam_layer"] == case.layer
 
     # evaluation on images of 76 x 101 / 101 x 76 / 76 x 76 (no side a multiple of 8): every pair scored
     result = tmp_path / "r.json"
