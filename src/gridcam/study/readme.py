@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 from gridcam.errors import GridcamError
-from gridcam.study import runner
+from gridcam.study import tables
 
 __all__ = ["BLOCK", "machine_line", "render", "render_file"]
 
@@ -51,16 +51,16 @@ def render(text: str, results: Path) -> str:
         path = results / f"{m['name']}.json"
         if not path.is_file():
             raise GridcamError(f"{path}: no such results file (named by a <!-- results:{m['name']} --> block)")
-        study = runner.load(path)
+        study = tables.load(path)
         method = m["method"]
         if method is None:
-            return m.group(1) + machine_line(study) + "\n" + runner.table(study) + m.group(5)
+            return m.group(1) + machine_line(study) + "\n" + tables.table(study) + m.group(5)
         if method not in study["config"]["methods"]:
             raise GridcamError(f"{path}: scores no method {method!r} (named by a <!-- results:{m['name']}:"
                                f"{method} --> block); it has {', '.join(study['config']['methods'])}")
         verdicts = "".join(f"- {v}\n" for v in study.get("verdicts") or [])
         return (m.group(1) + machine_line(study) + "\n" + (verdicts + "\n" if verdicts else "")
-                + runner.table(study, method) + m.group(5))
+                + tables.table(study, method) + m.group(5))
 
     return BLOCK.sub(one, text)
 

@@ -1,0 +1,67 @@
+"""A finished study read and shown: ``study.json`` loaded (:func:`load`), its paper-layout
+Markdown tables (:func:`table`) and its one-sentence verdicts (:func:`verdicts`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gridcam.errors import GridcamError
+from gridcam.study import pairs
+from gridcam.study import stats as study_stats
+from gridcam.study.config import METRICS
+
+__all__ = ["load", "table", "verdicts"]
+
+
+def _columns(methods: tuple[str, ...], summary: dict[str, Any] | None = None
+             ) -> dict[str, list[tuple[str, str]]]:
+    """Per method, the table's columns: top-1 and every metric the summary's rows have."""
+    rows = (summary or {}).get("rows", {})
+    cols = {}
+    for m in methods:
+        cols[m] = [("top1", "Top-1")] + [(f"{m}/{k}", h) for k, h in METRICS[1:]
+                                         if summary is None or any(f"{m}/{k}" in r for r in rows.values())]
+    return cols
+
+
+def table(study: dict[str, Any], method: str | None = None) -> str:
+    """Markdown of a ``study.json``: the paper-layout table per explanation method."""
+    methods = tuple(study["config"]["methods"]) if method is None else (method,)
+    parts = []
+    if method is None and study.get("verdicts"):
+        parts.append("".join(f"- {v}\n" for v in study["verdicts"]))
+    cols = _columns(methods, study["summary"])
+    for m in methods:
+        md = study_stats.markdown(study["summary"], cols[m])
+        for name, d in study.get("per_image", {}).items():
+            n = d.get(f"{m}/spg", {}).get("n", 0)
+            md += (f"| *{name}, per (image, class) pair, n = {n}* | – | "
+                   + " | ".join(study_stats.cell(d.get(key), signed=True) for key, _ in cols[m][1:])
+                   + " |\n")
+        n = study.get("common_pairs", {}).get(m)
+        note = study["summary_note"] + (
+            f"; PG, SPG and CH over the (image, class) pairs every row scored: {sum(n.values())} "
+            f"in all" if n else "")
+        parts.append(f"**{m}** ({note})\n\n" + md)
+    return "\n".join(parts)
+
+
+def verdicts(summary: dict[str, Any], per_image: dict[str, Any]) -> list[str]:
+    """One sentence per comparison (per-image intervals of Grad-CAM's SPG and CH, top-1 cost)."""
+    return [pairs.verdict(name, diffs, summary["diffs"].get(name, {}).get("top1"))
+            for name, diffs in per_image.items()]
+
+
+def load(out: str | Path) -> dict[str, Any]:
+    """Read ``OUT/study.json`` (or a study.json path); GridcamError naming the file if unusable."""
+    path = Path(out)
+    if path.is_dir():
+        path = path / "study.json"
+    try:
+        study = json.loads(path.read_text())
+        study["summary"], study["config"]["methods"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GridcamError(f"{path}: not a readable study.json ({exc})") from None
+    return study
