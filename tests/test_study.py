@@ -3,6 +3,7 @@ of the README and docs/study.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -516,8 +517,9 @@ def test_a_start_alone_on_its_cores_gets_a_loader_worker(tmp_path, monkeypatch) 
     trains, so the start unit decodes with one loader process (the same run as none, tested in
     tests/test_train_flags.py); rows units keep the study's own setting."""
     sched = study.schedule
-    units = sched.make_units(study.ROWS, 1, shared_start=True, start_workers=1)
-    assert [u.workers for u in units] == [1, None, None]
+    units = sched.make_units(study.ROWS, 1, shared_start=True)
+    assert [u.workers for u in units] == [None, None, None]
+    units[0] = dataclasses.replace(units[0], workers=1)  # as run_study sets it for a start alone
     seen = []
     monkeypatch.setattr(study, "shared_start", lambda c, seed, root, out, gmp=False: seen.append(c.workers)
                         or tmp_path / "pretrain" / "seed0" / "x.pth.tar")

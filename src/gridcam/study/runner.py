@@ -328,7 +328,7 @@ def _run_study(c: StudyConfig) -> dict[str, Any]:
     if shared and _on_cpu(c) and not c.workers and c.seeds < jobs:
         # fewer starts than processes: a core is idle while they train, so it decodes their JPEGs
         # (loader workers give the same run as none: tests/test_train_flags.py)
-        units = schedule.make_units(rows, c.seeds, shared_start=True, start_workers=1)
+        units = [u if u.rows else replace(u, workers=1) for u in units]
     if jobs > 1:
         what = "shared starts, then seed x pooling" if shared else "seed x pooling"
         print(f"[study] {len(units)} units ({what}) on {jobs} processes, one thread each", flush=True)

@@ -41,13 +41,11 @@ class Unit:
     workers: int | None = None  # loader processes of its trainings; None: the study's
 
 
-def make_units(rows: Sequence[Any], seeds: int, shared_start: bool = False,
-               start_workers: int | None = None) -> list[Unit]:
+def make_units(rows: Sequence[Any], seeds: int, shared_start: bool = False) -> list[Unit]:
     """The units in an order that runs them one after the other: with ``shared_start`` every
-    seed's start first (its trainings with ``start_workers`` loader processes), then per seed the
-    average-pooling rows and the max-pooling ones, each after its seed's start; without, only the
-    rows units, seed-major."""
-    starts = [Unit(seed, (), workers=start_workers) for seed in range(seeds)] if shared_start else []
+    seed's start first, then per seed the average-pooling rows and the max-pooling ones, each
+    after its seed's start; without, only the rows units, seed-major."""
+    starts = [Unit(seed, ()) for seed in range(seeds)] if shared_start else []
     out = list(starts)
     for seed in range(seeds):
         for gmp in (False, True):
