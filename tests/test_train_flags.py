@@ -461,3 +461,20 @@ def test_the_docs_commands_parse():
     assert len(commands) >= 60
     for command in commands:
         parser.parse_args(shlex.split(command.replace("$r", "run"))[1:])
+
+
+def test_crop_scale_reaches_the_training_crops_and_bad_values_are_one_line(im, tmp_path, capsys):
+    """``--crop-scale MIN MAX`` is RandomResizedCrop's scale in the training transform (a crop of
+    the whole image area when MIN = MAX = 1); a scale outside (0, 1] or MIN > MAX is one error line."""
+    c = cli_train.config_from_args(cli.build_parser().parse_args(
+        ["train", "imagenet", str(im), *tiny(tmp_path / "r", "--crop-scale", "1", "1")]))
+    assert c.crop_scale == (1.0, 1.0)
+    ds = set_up(c, du.DistInfo(0, 1, 0, torch.device("cpu"))).ds.train
+    crop = ds.transform.transforms[0]
+    assert isinstance(crop, data.transforms.RandomResizedCrop) and crop.scale == (1.0, 1.0)
+    assert data.transforms.train_transform(32).transforms[0].scale == (0.08, 1.0)  # torchvision's default
+    for bad in (["0", "1"], ["0.5", "0.2"], ["0.5", "1.5"]):
+        assert run("imagenet", str(im), *tiny(tmp_path / "bad", "--crop-scale", *bad)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--crop-scale must be MIN MAX" in err[0], err
+    assert not (tmp_path / "bad").exists()

@@ -118,6 +118,9 @@ def _train_options(p: argparse.ArgumentParser, coco: bool) -> None:
                    help="refresh the progress numbers every N steps")
     p.add_argument("--image-size", type=at_least(32), default=224,
                    help="training crop in px (composites are twice it)")
+    p.add_argument("--crop-scale", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.08, 1.0),
+                   help="the random crop's share of the image area (torchvision's RandomResizedCrop "
+                        "scale); raise MIN when objects are small or data is scarce")
     p.add_argument("--freeze-bn", action="store_true",
                    help="BatchNorm uses its running statistics and does not update them (fine-tuning "
                         "with small per-GPU batches)")
@@ -149,6 +152,8 @@ def config_from_args(args: argparse.Namespace) -> "TrainConfig":
     names = {f.name for f in fields(TrainConfig)} - {"step_callback"}
     kw = {k: v for k, v in vars(args).items() if k in names}
     kw["dataset"] = args.dataset
+    if kw.get("crop_scale") is not None:
+        kw["crop_scale"] = tuple(kw["crop_scale"])
     if kw.get("lr_steps") is not None and not isinstance(kw["lr_steps"], tuple):
         kw["lr_steps"] = parse_lr_steps(kw["lr_steps"])
     return TrainConfig(**kw)

@@ -159,10 +159,13 @@ def denormalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
 
 # ------------------------------------------------------------------------------------ presets
 def train_transform(size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> Compose:
+                    std: Sequence[float] = IMAGENET_STD,
+                    scale: tuple[float, float] = (0.08, 1.0)) -> Compose:
     """Training recipe (ImageNet and COCO): RandomResizedCrop(size) + flip + normalize
-    (``mean``/``std``: ImageNet's unless the model's own configuration says otherwise)."""
-    return Compose([RandomResizedCrop(size), RandomHorizontalFlip(), to_tensor_normalize(mean, std)])
+    (``mean``/``std``: ImageNet's unless the model's own configuration says otherwise; ``scale``:
+    the crop's share of the image area, torchvision's default (0.08, 1))."""
+    return Compose([RandomResizedCrop(size, scale=scale), RandomHorizontalFlip(),
+                    to_tensor_normalize(mean, std)])
 
 
 def val_transform(resize: int = 256, crop: int = 224, mean: Sequence[float] = IMAGENET_MEAN,

@@ -60,8 +60,10 @@ class StudyConfig:
     ``gmp_from_avg`` (with a pre-training): the GMP rows start from the average-pooling start,
     switched to max pooling, as the paper's COCO GMP row fine-tunes an average-pooled ImageNet
     model with ``--maxpool``; False gives them their own max-pooling pre-training (which learns
-    far less on CPU: 64-79 % top-1 against 91 % measured). ``image_size`` training crops; ``eval_resize`` shorter side at
-    evaluation. Synthetic data (when ``data`` is None): ``classes``, ``train_per_class`` images of
+    far less on CPU: 64-79 % top-1 against 91 % measured). ``image_size`` training crops,
+    ``crop_scale`` their share of the image area (RandomResizedCrop's scale), ``channels_last`` the
+    memory format of training (faster on CPU; numbers differ in the last bits); ``eval_resize``
+    shorter side at evaluation. Synthetic data (when ``data`` is None): ``classes``, ``train_per_class`` images of
     ``train_image_size`` px, ``val_per_class`` of ``val_image_size`` px, ``distractors`` and
     ``lookalikes`` (see :func:`gridcam.data.synthetic.make_imagenet`); ``data_seed`` fixes the
     data for all seeds (seeds vary initialisation and order only). ``methods`` and ``metrics``: what
@@ -85,6 +87,8 @@ class StudyConfig:
     lam: float = 10.0
     batch_size: int = 32
     image_size: int = 128
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    channels_last: bool = False
     eval_resize: int = 256
     classes: int = 8
     train_per_class: int = 80
@@ -109,6 +113,7 @@ class StudyConfig:
         for k in ("out", "preset", "seeds", "rows", "device", "progress", "workers", "jobs"):
             d.pop(k)
         d["methods"], d["metrics"] = list(self.methods), list(self.metrics)
+        d["crop_scale"] = list(self.crop_scale)
         return d
 
     def training_recipe(self) -> dict[str, Any]:
@@ -200,5 +205,8 @@ def describe(c: StudyConfig) -> str:
     gmp = f", GMP rows at {c.gmp_lr_scale:g}x the lr" if c.gmp_lr_scale != 1 else ""
     if c.pretrain_epochs and c.gmp_from_avg:
         gmp += ", GMP rows from the average-pooling start"
-    return (f"{c.arch}, batch {c.batch_size}; {sched}{gmp}; lambda {c.lam:g}; {c.image_size} px crops "
-            f"({maps}x{maps} Grad-CAM maps), evaluation at {c.eval_resize} px; {data}; {c.seeds} seed(s)")
+    lo, hi = c.crop_scale
+    area = f" of {lo:g}-{hi:g} of the image area" if (lo, hi) != (0.08, 1.0) else ""
+    memory = ", channels-last" if c.channels_last else ""
+    return (f"{c.arch}, batch {c.batch_size}{memory}; {sched}{gmp}; lambda {c.lam:g}; {c.image_size} px "
+            f"crops{area} ({maps}x{maps} Grad-CAM maps), evaluation at {c.eval_resize} px; {data}; {c.seeds} seed(s)")

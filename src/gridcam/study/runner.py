@@ -146,6 +146,7 @@ def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir
         dataset="imagenet", data=str(data_root), arch=c.arch, batch_size=c.batch_size,
         workers=c.workers, epochs=stage.epochs, lr=callback.start_lr(), wd=c.wd, lam=stage.lam,
         maxpool=stage.gmp, save_dir=str(save_dir), seed=seed, image_size=c.image_size,
+        crop_scale=tuple(c.crop_scale), channels_last=c.channels_last,
         pretrained=str(stage.pretrained) if stage.pretrained else None,
         schedule="cosine", resume=resume, print_freq=10**9, progress_bar=c.progress,
         validate=False, tensorboard=False, device=c.device or ("cuda" if torch.cuda.is_available() else "cpu"),

@@ -77,6 +77,7 @@ class TrainConfig:
     lr_steps: tuple[int, ...] | None = None
     print_freq: int = 10
     image_size: int = 224
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop's share of the image area
     device: str | None = None
     freeze_bn: bool = False
     train_split: str = "train2014"
@@ -157,6 +158,9 @@ def check_config(c: TrainConfig) -> None:
         raise GridcamError("give either --pretrained (same classes) or --init (classifier dropped), not both")
     if c.image_size < 32:
         raise GridcamError(f"--image-size must be >= 32, got {c.image_size}")
+    lo, hi = c.crop_scale
+    if not 0 < lo <= hi <= 1:
+        raise GridcamError(f"--crop-scale must be MIN MAX with 0 < MIN <= MAX <= 1, got {lo:g} {hi:g}")
     _check_device(c.device)
 
 

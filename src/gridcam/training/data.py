@@ -179,7 +179,7 @@ def _imagenet_datasets(c: TrainConfig, root: Path, use_grid: bool, rank0: bool) 
     if train_dir is None:
         raise GridcamError(f"{root}: no train/ folder (ImageNet layout: DATA/train/<class>/*.JPEG); "
                            "it also defines the class order")
-    train = data.ImageFolder(train_dir, data.transforms.train_transform(c.image_size, **_norm(c)))
+    train = data.ImageFolder(train_dir, data.transforms.train_transform(c.image_size, scale=tuple(c.crop_scale), **_norm(c)))
     classes = list(train.classes)
     val = None
     if c.validate and _find_dir(root, "val", "ILSVRC/Data/CLS-LOC/val") is not None:
@@ -194,7 +194,7 @@ def _imagenet_datasets(c: TrainConfig, root: Path, use_grid: bool, rank0: bool) 
 
 def _coco_datasets(c: TrainConfig, root: Path, use_grid: bool, rank0: bool) -> Datasets:
     ann = root / "annotations" / f"instances_{c.train_split}.json"
-    train = data.CocoDataset(root, c.train_split, data.transforms.train_transform(c.image_size, **_norm(c)))
+    train = data.CocoDataset(root, c.train_split, data.transforms.train_transform(c.image_size, scale=tuple(c.crop_scale), **_norm(c)))
     val = None
     val_ann = root / "annotations" / f"instances_{c.val_split}.json"
     if c.validate and val_ann.is_file():
