@@ -35,7 +35,7 @@ def run_preset(preset: str, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cpu", action="store_true", help="also time the cpu preset (3 seeds)")
+    ap.add_argument("--cpu", action="store_true", help="also time the cpu preset (5 seeds)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--keep", default=None, help="run in this folder (kept) instead of a temporary one")
     args = ap.parse_args()

@@ -20,6 +20,10 @@ def test_demo_end_to_end_and_resumable(tmp_path):
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Stochastic Pointing Game" in page and "heatmaps.png" in page and "Ours: GMP + GC" in page
     assert (tmp_path / "report" / "heatmaps.png").stat().st_size > 0
+    # the page says which top-1 its table shows and which the verdicts give
+    assert all("val_top1" in ms for ms in rows.values())
+    assert "the table&#x27;s Top-1 Acc is the localisation pass&#x27;s, at 128 px" in page or \
+        "the table's Top-1 Acc is the localisation pass's, at 128 px" in page
     # the GC rows really trained with the consistency loss, the baselines without
     def last_train(slug):
         lines = (tmp_path / "runs" / slug / "seed0" / "train_log.jsonl").read_text().splitlines()

@@ -129,12 +129,12 @@ def _training_only(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if k not in EVAL_ONLY}
 
 
-_SYNTH_CPU = dict(arch="tiny_resnet_s16", classes=6, train_per_class=1200, lookalikes=False, distractors=1,
+_SYNTH_CPU = dict(arch="tiny_resnet_s16", classes=4, train_per_class=1200, lookalikes=False, distractors=1,
                   train_image_size=160, val_image_size=448, val_per_class=50, image_size=64, eval_resize=128,
-                  batch_size=16, pretrain_epochs=8, pretrain_lr=0.05, warmup_steps=20, epochs=1, lr=0.01,
-                  lam=25.0, gmp_lr_scale=1.0, gmp_from_avg=True)
+                  batch_size=16, channels_last=True, pretrain_epochs=8, pretrain_lr=0.05, warmup_steps=20,
+                  epochs=1, lr=0.01, lam=25.0, gmp_lr_scale=1.0, gmp_from_avg=True)
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(_SYNTH_CPU, seeds=1, train_per_class=600),
+    "quick": dict(_SYNTH_CPU, seeds=1),
     "cpu": dict(_SYNTH_CPU, seeds=5),
     "gpu": dict(seeds=3, arch="resnet18", epochs=90, lr=0.1, lam=25.0, batch_size=256, image_size=224,
                 eval_resize=448, pretrain_epochs=0, warmup_steps=0, gmp_lr_scale=1.0, workers=8,
