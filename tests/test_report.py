@@ -60,6 +60,58 @@ def test_a_run_started_from_a_pretraining_continues_its_curve(tmp_path):
     assert [r["epoch"] for r in load_run(row).log] == [1, 2]  # no start recorded: its own epochs only
 
 
+def test_a_one_epoch_run_draws_its_losses_within_the_epoch(tmp_path):
+    """A record's ``train.curve`` points ([fraction done, loss, GC loss]) become the training-loss
+    and GC-loss curves at x = epoch - 1 + fraction; validation stays one point per epoch, and a
+    record without a curve keeps its epoch value."""
+    from gridcam.report.plots import curves
+
+    log = [{"epoch": 1, "train": {"loss": 1.0, "gc_loss": 0.2, "curve": [[0.5, 1.2, 0.3], [1.0, 0.8, None]]},
+            "val": {"top1": 90.0}},
+           {"epoch": 2, "train": {"loss": 0.7, "gc_loss": 0.1}, "val": {"top1": 92.0}}]
+    got = curves({"r": log})
+    assert got["training loss (total)"]["r"] == ([0.5, 1.0, 2.0], [1.2, 0.8, 0.7])
+    assert got["GC loss (training)"]["r"] == ([0.5, 2.0], [0.3, 0.1])  # a point without GC steps is left out
+    assert got["validation top-1 (%)"]["r"] == ([1.0, 2.0], [90.0, 92.0])
+
+
+def test_a_panel_of_one_value_per_run_is_bars_from_just_below_the_smallest():
+    """Validation after a one-epoch run is one number per run: bars whose ends are the values, on
+    an axis from one point below the smallest, titled with the epoch."""
+    from matplotlib.figure import Figure
+
+    from gridcam.report.plots import _values
+
+    ax = Figure().subplots()
+    _values(ax, "validation top-1 (%)", {"a": ([1.0], [93.0]), "b": ([1.0], [94.0])}, {"a": "C0", "b": "C1"})
+    ends = [p.get_x() + p.get_width() for p in ax.patches]
+    assert ends == [93.0, 94.0] and ax.get_xlim() == (92.0, 95.0)
+    assert ax.get_title() == "validation top-1 (%), epoch 1" and [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+
+
+def test_the_training_log_holds_the_epochs_curve(tmp_path):
+    """A real one-epoch training logs about CURVE_POINTS evenly spaced points whose sample-weighted
+    mean is the epoch's loss."""
+    import json
+
+    from gridcam import data
+    from gridcam.training import epoch as train_epoch
+    from gridcam.training.loop import TrainConfig, train
+
+    root = data.synthetic.make_imagenet(tmp_path / "d", classes=2, train_per_class=24, val_per_class=1,
+                                        image_size=32, seed=0)
+    train(TrainConfig(dataset="imagenet", data=str(root), arch="tiny_resnet", batch_size=4, workers=0, epochs=1,
+                      lr=0.01, lam=1.0, image_size=32, seed=0, save_dir=str(tmp_path / "r"), device="cpu",
+                      validate=False, tensorboard=False, progress_bar=False))
+    rec = json.loads((tmp_path / "r" / "train_log.jsonl").read_text().splitlines()[-1])["train"]
+    pts = rec["curve"]
+    assert rec["steps"] == 12 and train_epoch.CURVE_POINTS >= 12 and len(pts) == 12  # one point per step here
+    assert [p[0] for p in pts] == [round(k / 12, 4) for k in range(1, 13)]
+    assert abs(sum(p[1] for p in pts) / 12 - rec["loss"]) < 1e-9  # equal batches: the mean of the points
+    gc = [p[2] for p in pts if p[2] is not None]  # a batch of one class makes no composite: no GC point
+    assert len(gc) >= 6 and all(v >= 0 for v in gc)
+
+
 def test_models_are_compared_on_the_pairs_every_model_scored(tmp_path):
     """A pair one model skipped (all-zero heatmap) is left out of BOTH models' means: the headline
     and the table then cover the same pairs (and say how many)."""

@@ -65,6 +65,7 @@ def run_epoch(r: Run, loader: DataLoader, epoch: int, step0: int, stop: StopFlag
                         initial=step0)
     # device-side running sums: loss*B, cls*B, gc*n_gc, n_gc, samples, top-1 correct
     meter = torch.zeros(6, dtype=torch.float64, device=device)
+    curve = _Curve(meter, steps)
     skipped, reasons_all = 0, []
     last_batch: Batch | None = None
     t0 = time.perf_counter()
@@ -94,6 +95,7 @@ def run_epoch(r: Run, loader: DataLoader, epoch: int, step0: int, stop: StopFlag
             if not dummy:
                 _warn_zero_maps(r, out)
                 meter += _batch_sums(out, vals, tensors[1], r.multi_label, device)
+            curve.at(step)
             if progress.due(step):
                 progress.show(step, _running(meter, c.lam, info.world_size, t0))
             if c.step_callback is not None:
@@ -107,7 +109,35 @@ def run_epoch(r: Run, loader: DataLoader, epoch: int, step0: int, stop: StopFlag
     finally:
         progress.close()
     seconds = time.perf_counter() - t0
-    return _epoch_stats(r, meter, skipped, reasons_all, step + 1 - step0, seconds, epoch)
+    stats = _epoch_stats(r, meter, skipped, reasons_all, step + 1 - step0, seconds, epoch)
+    stats["curve"] = curve.points
+    return stats
+
+
+class _Curve:
+    """The epoch's losses at about :data:`CURVE_POINTS` evenly spaced steps, so a short run still
+    draws a curve: ``points`` = ``[[fraction of the epoch done, mean loss, mean GC loss or None],
+    ...]``, each the mean over the steps since the previous point, of this process's batches (rank
+    0's in the log; the epoch's ``loss`` is over all ranks). One host sync per point; a resumed
+    epoch's curve starts at its resume step."""
+
+    def __init__(self, meter: Tensor, steps: int):
+        self.meter, self.steps = meter, steps
+        self.every = max(1, steps // CURVE_POINTS)
+        self.last = meter.clone()
+        self.points: list[list[float | None]] = []
+
+    def at(self, step: int) -> None:
+        if (step + 1) % self.every and step + 1 != self.steps:
+            return
+        d = (self.meter - self.last).tolist()
+        self.last = self.meter.clone()
+        if d[4] > 0:
+            self.points.append([round((step + 1) / self.steps, 4), d[0] / d[4], d[2] / d[3] if d[3] else None])
+
+
+#: points per epoch in a training log's ``curve``
+CURVE_POINTS = 25
 
 
 #: model -> {input shape (3,H,W): one image of it gives a training BatchNorm one value per channel}
