@@ -147,13 +147,16 @@ def test_cosine_schedule_through_the_command_and_resume_auto(im, tmp_path, monke
 
 
 def test_sigint_saves_last_and_exits_130(im, tmp_path, monkeypatch, capsys):
+    # the handler the run must put back: Python's default_int_handler, or SIG_IGN where the
+    # process started with SIGINT ignored (a job sent to the background by a non-interactive shell)
+    before = signal.getsignal(signal.SIGINT)
     signal_at_step(monkeypatch, signal.SIGINT)
     assert run("imagenet", str(im), *tiny(tmp_path)) == 130
     err = capsys.readouterr().err
     assert "interrupted by SIGINT at epoch 1, step 2" in err and "--resume" in err
     last = torch.load(tmp_path / "last.pth.tar", weights_only=True)
     assert (last["epoch"], last["step"]) == (0, 2)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_batch_not_divisible_by_the_world_size_is_an_error(im, tmp_path):
