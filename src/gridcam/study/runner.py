@@ -179,9 +179,10 @@ def row_checkpoint(c: StudyConfig, row: Row, seed: int, data_root: Path, out: Pa
 def val_top1(run_dir: Path) -> float | None:
     """Top-1 (%) of a row's last epoch in the paper's protocol (its training log's validation:
     val images resized and centre-cropped to the training size), None without one."""
+    from gridcam.runtime.files import read_jsonl
+
     try:
-        lines = (run_dir / "train_log.jsonl").read_text().splitlines()
-        return float(json.loads(lines[-1])["val"]["top1"])
+        return float(list(read_jsonl(run_dir / "train_log.jsonl"))[-1]["val"]["top1"])
     except (OSError, ValueError, IndexError, KeyError, TypeError):
         return None
 
@@ -285,13 +286,13 @@ def run_unit(unit: schedule.Unit, c: StudyConfig, root: Path, out: Path) -> list
 def start_seconds(save_dir: Path) -> float:
     """Seconds the epochs of a shared start took (its ``train_log.jsonl``; 0 where unreadable), so
     a study's time counts its pre-trainings, reused or not."""
-    total = 0.0
+    from gridcam.runtime.files import read_jsonl
+
     try:
-        for line in (save_dir / "train_log.jsonl").read_text().splitlines():
-            total += float((json.loads(line).get("train") or {}).get("seconds") or 0.0)
+        return round(sum(float((r.get("train") or {}).get("seconds") or 0.0)
+                         for r in read_jsonl(save_dir / "train_log.jsonl")), 1)
     except (OSError, ValueError, AttributeError, TypeError):
         return 0.0
-    return round(total, 1)
 
 
 def run_one(c: StudyConfig, row: Row, seed: int, root: Path, out: Path) -> dict[str, Any]:
