@@ -296,6 +296,31 @@ def test_render_readme_rewrites_blocks(tmp_path) -> None:
         render_file(doc)
 
 
+def test_machine_names_the_cpu_model_and_its_kernels(monkeypatch) -> None:
+    """Two machines with one model name differ by model number and by the kernels torch runs
+    (training is not bit-identical between them), so a results file records both."""
+    import torch
+
+    from gridcam.study import schedule
+    from gridcam.study.readme import machine_line
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    m = schedule.machine(on_cpu=True, jobs=2)
+    assert m["kernels"] == torch.backends.cpu.get_cpu_capability() and m["onednn_cap"] == "AVX2"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert "onednn_cap" not in schedule.machine(on_cpu=True, jobs=1)
+    study_ = {"config": {"preset": "cpu", "seeds": 5},
+              "machine": {"cpu": "X", "model": 207, "kernels": "AVX2", "onednn_cap": "AVX2", "cores": 2}}
+    assert machine_line(study_) == "_`--preset cpu`, 5 seed(s); X (model 207, AVX2 kernels, oneDNN capped at AVX2), 2 cores._\n"
+    # an older results file, which recorded the name only, renders as before
+    study_["machine"] = {"cpu": "X", "cores": 2}
+    assert machine_line(study_) == "_`--preset cpu`, 5 seed(s); X, 2 cores._\n"
+    # a GPU run names the GPU, not the CPU's kernels
+    study_["machine"] = {"cpu": "X", "model": 207, "kernels": "AVX512", "device_name": "H100"}
+    assert machine_line(study_) == "_`--preset cpu`, 5 seed(s); H100._\n"
+
+
 @pytest.mark.slow
 def test_quick_preset_keeps_the_readme_claims(tmp_path) -> None:
     """Reruns the quick preset (the demo) and checks what the README claims from its stored

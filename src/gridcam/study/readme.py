@@ -22,7 +22,7 @@ from pathlib import Path
 from gridcam.errors import GridcamError
 from gridcam.study import tables
 
-__all__ = ["BLOCK", "machine_line", "render", "render_file"]
+__all__ = ["BLOCK", "cpu_detail", "machine_line", "render", "render_file"]
 
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+?)(?::(?P<method>\w+))? -->\n)(?P<body>.*?)(<!-- /results -->)",
                    re.S)
@@ -33,6 +33,8 @@ def machine_line(study: dict) -> str:
     wall time._`` (W: the study command's own, a rerun that reuses finished runs is shorter)."""
     cfg, m = study["config"], study.get("machine") or {}
     where = m.get("device_name") or m.get("cpu") or "an unrecorded machine"
+    if not m.get("device_name"):
+        where += cpu_detail(m)
     cores = f", {m['cores']} cores" if m.get("cores") else ""
     torch_v = f", torch {m['torch']}" if m.get("torch") else ""
     jobs = f", {m['jobs']} processes" if m.get("jobs", 1) > 1 else ""
@@ -43,6 +45,15 @@ def machine_line(study: dict) -> str:
     return (f"_`--preset {cfg.get('preset')}`, {cfg.get('seeds')} seed(s); {where}{cores}{torch_v}{jobs}"
             + (f"; {work / 60:.1f} min of training and evaluation, one thread each" if work else "")
             + (f", {float(wall) / 60:.1f} min of wall time" if wall else "") + "._\n")
+
+
+def cpu_detail(m: dict) -> str:
+    """`` (model 207, AVX2 kernels, oneDNN capped at AVX2)``: what tells two machines with one
+    model name apart, and the kernels that made the numbers; empty for an older results file."""
+    parts = ([f"model {m['model']}"] if m.get("model") is not None else []) \
+        + ([f"{m['kernels']} kernels"] if m.get("kernels") else []) \
+        + ([f"oneDNN capped at {m['onednn_cap']}"] if m.get("onednn_cap") else [])
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def render(text: str, results: Path) -> str:

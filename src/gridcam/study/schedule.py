@@ -190,19 +190,31 @@ def _worker(job: str) -> int:
 
 
 def machine(on_cpu: bool, jobs: int) -> dict[str, Any]:
-    """What ran a study, for its results file: CPU model (``lscpu``'s "Model name"), cores,
-    torch version, the GPU's name when one was used, and the processes."""
-    cpu = None
+    """What ran a study, for its results file: CPU model name and number (``lscpu``'s "Model
+    name" and "Model"), the instruction set torch's CPU kernels use (``AVX512``, ``AVX2``, ...:
+    training differs between them, see docs/study.md), and oneDNN's cap when
+    ``ONEDNN_MAX_CPU_ISA`` sets one; cores, torch version, the GPU's name when one was used, and
+    the processes."""
+    cpuinfo: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+            for line in f:
+                key, sep, value = line.partition(":")
+                if not sep:
+                    break  # the first processor's block ends at its blank line
+                cpuinfo.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": cpu_cores(), "torch": torch.__version__, "jobs": jobs}
+    info: dict[str, Any] = {"cpu": cpuinfo.get("model name"), "cores": cpu_cores(), "torch": torch.__version__,
+                            "jobs": jobs, "kernels": torch.backends.cpu.get_cpu_capability()}
+    if cpuinfo.get("model", "").isdigit():
+        info["model"] = int(cpuinfo["model"])
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap:
+        info["onednn_cap"] = cap
     if not on_cpu and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(0)
     return info
-
 
 if __name__ == "__main__":
     raise SystemExit(_worker(sys.argv[1]))
