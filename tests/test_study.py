@@ -296,6 +296,41 @@ def test_render_readme_rewrites_blocks(tmp_path) -> None:
         render_file(doc)
 
 
+def test_across_machines_one_line_per_results_file(tmp_path) -> None:
+    """``<!-- results:A+B:METHOD -->``: one line per machine with the rows' top-1 range over the
+    seeds and each comparison's gains; studies of different recipes are refused, naming the file
+    and the field."""
+    from gridcam.errors import GridcamError
+    from gridcam.study.readme import render_file
+
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    a = json.loads((RESULTS / "cpu-xeon-207.json").read_text())
+    b = json.loads(json.dumps(a))
+    b["machine"].update(kernels="AVX2", onednn_cap="AVX2")
+    b["summary"]["rows"]["Baseline"]["val_top1"]["values"] = [90.0, 91.25, 99.5]
+    b["summary"]["diffs"]["Ours: GC - Baseline"]["gradcam/spg"] = {"mean": -1.0, "half": 0.5}
+    b["wall_seconds"] = 90
+    for name, study in (("a", a), ("b", b)):
+        (tmp_path / "docs" / "results" / f"{name}.json").write_text(json.dumps(study))
+    doc = tmp_path / "R.md"
+    doc.write_text("<!-- results:a+b:gradcam -->\n<!-- /results -->\n")
+    assert render_file(doc) is True
+    lines = doc.read_text().splitlines()
+    assert lines[2].startswith("| Ran on | Seeds | Baseline top-1 | GMP top-1 | *Ours: GC - Baseline* SPG |")
+    assert lines[4].startswith("| Intel(R) Xeon(R) Processor (model 207, AVX512 kernels) | 5 | 92.0–94.5 | 87.5–95.0 "
+                               "| +3.15 ± 1.34 | +3.08 ± 1.35 | +0.90 ± 0.81 | +7.11 ± 1.16 |")
+    assert lines[5] == ("| Intel(R) Xeon(R) Processor (model 207, AVX2 kernels, oneDNN capped at AVX2) | 5 "
+                        "| 90.0–99.5 | 87.5–95.0 | -1.00 ± 0.50 | +3.08 ± 1.35 | +0.90 ± 0.81 | +7.11 ± 1.16 "
+                        "| +7.70 ± 1.23 | +0.90 ± 2.21 | 1.5 min |")
+    b["config"]["lam"] = 50.0
+    (tmp_path / "docs" / "results" / "b.json").write_text(json.dumps(b))
+    with pytest.raises(GridcamError, match=r"b.json: not the recipe of .*a.json \(lam differ\)"):
+        render_file(doc)
+    doc.write_text("<!-- results:a+b:rise -->\n<!-- /results -->\n")
+    with pytest.raises(GridcamError, match="a.json: scores no method 'rise'"):
+        render_file(doc)
+
+
 def test_machine_names_the_cpu_model_and_its_kernels(monkeypatch) -> None:
     """Two machines with one model name differ by model number and by the kernels torch runs
     (training is not bit-identical between them), so a results file records both."""

@@ -9,7 +9,8 @@ A block in a Markdown file::
 is replaced by the tables of ``docs/results/NAME.json`` (a ``study.json`` copied there by the
 person who ran the study), headed by the machine and the wall time it records;
 ``<!-- results:NAME:METHOD -->`` renders the verdicts and the table of one explanation method only
-(the README's short form).
+(the README's short form); ``<!-- results:A+B+C:METHOD -->`` renders one line per results file
+of one recipe run on several machines (:func:`gridcam.study.tables.across`: how far they agree).
 ``gridcam study --render-readme README.md`` rewrites every block; ``tests/test_readme.py`` fails
 when the README differs from that rendering, so a table can only change with its results file.
 """
@@ -22,9 +23,9 @@ from pathlib import Path
 from gridcam.errors import GridcamError
 from gridcam.study import tables
 
-__all__ = ["BLOCK", "cpu_detail", "machine_line", "render", "render_file"]
+__all__ = ["BLOCK", "cpu_detail", "machine_line", "where", "render", "render_file"]
 
-BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+?)(?::(?P<method>\w+))? -->\n)(?P<body>.*?)(<!-- /results -->)",
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.+-]+?)(?::(?P<method>\w+))? -->\n)(?P<body>.*?)(<!-- /results -->)",
                    re.S)
 
 
@@ -32,9 +33,6 @@ def machine_line(study: dict) -> str:
     """``_preset P, S seed(s); CPU (N cores), torch T; M min of training and evaluation, W min of
     wall time._`` (W: the study command's own, a rerun that reuses finished runs is shorter)."""
     cfg, m = study["config"], study.get("machine") or {}
-    where = m.get("device_name") or m.get("cpu") or "an unrecorded machine"
-    if not m.get("device_name"):
-        where += cpu_detail(m)
     cores = f", {m['cores']} cores" if m.get("cores") else ""
     torch_v = f", torch {m['torch']}" if m.get("torch") else ""
     jobs = f", {m['jobs']} processes" if m.get("jobs", 1) > 1 else ""
@@ -42,9 +40,17 @@ def machine_line(study: dict) -> str:
     # command, they do not shrink when a rerun reuses finished runs
     work = sum(float(v) for s in (study.get("seconds") or {}).values() for v in s.values())
     wall = study.get("wall_seconds")
-    return (f"_`--preset {cfg.get('preset')}`, {cfg.get('seeds')} seed(s); {where}{cores}{torch_v}{jobs}"
+    return (f"_`--preset {cfg.get('preset')}`, {cfg.get('seeds')} seed(s); {where(study)}{cores}{torch_v}{jobs}"
             + (f"; {work / 60:.1f} min of training and evaluation, one thread each" if work else "")
             + (f", {float(wall) / 60:.1f} min of wall time" if wall else "") + "._\n")
+
+
+def where(study: dict) -> str:
+    """The machine a study ran on: the GPU's name, or the CPU's model name with :func:`cpu_detail`."""
+    m = study.get("machine") or {}
+    if m.get("device_name"):
+        return m["device_name"]
+    return (m.get("cpu") or "an unrecorded machine") + cpu_detail(m)
 
 
 def cpu_detail(m: dict) -> str:
@@ -56,19 +62,32 @@ def cpu_detail(m: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _load(results: Path, name: str, block: str, method: str | None) -> dict:
+    """``results/NAME.json`` read; GridcamError naming the file and the block when it is missing
+    or does not score ``method``."""
+    path = results / f"{name}.json"
+    if not path.is_file():
+        raise GridcamError(f"{path}: no such results file (named by a <!-- results:{block} --> block)")
+    study = tables.load(path)
+    if method is not None and method not in study["config"]["methods"]:
+        raise GridcamError(f"{path}: scores no method {method!r} (named by a <!-- results:{block}:"
+                           f"{method} --> block); it has {', '.join(study['config']['methods'])}")
+    return study
+
+
 def render(text: str, results: Path) -> str:
     """``text`` with every results block rendered from ``results/NAME.json``."""
     def one(m: re.Match) -> str:
-        path = results / f"{m['name']}.json"
-        if not path.is_file():
-            raise GridcamError(f"{path}: no such results file (named by a <!-- results:{m['name']} --> block)")
-        study = tables.load(path)
-        method = m["method"]
+        name, method = m["name"], m["method"]
+        if "+" in name:  # one recipe on several machines
+            method = method or "gradcam"
+            names = name.split("+")
+            studies = [_load(results, n, name, method) for n in names]
+            tables.check_one_recipe([(str(results / f"{n}.json"), s) for n, s in zip(names, studies)])
+            return m.group(1) + "\n" + tables.across([(where(s), s) for s in studies], method) + m.group(5)
+        study = _load(results, name, name, method)
         if method is None:
             return m.group(1) + machine_line(study) + "\n" + tables.table(study) + m.group(5)
-        if method not in study["config"]["methods"]:
-            raise GridcamError(f"{path}: scores no method {method!r} (named by a <!-- results:{m['name']}:"
-                               f"{method} --> block); it has {', '.join(study['config']['methods'])}")
         verdicts = "".join(f"- {v}\n" for v in study.get("verdicts") or [])
         return (m.group(1) + machine_line(study) + "\n" + (verdicts + "\n" if verdicts else "")
                 + tables.table(study, method) + m.group(5))
