@@ -299,29 +299,44 @@ def test_render_readme_rewrites_blocks(tmp_path) -> None:
 def test_across_machines_one_line_per_results_file(tmp_path) -> None:
     """``<!-- results:A+B:METHOD -->``: one line per machine with the rows' top-1 range over the
     seeds and each comparison's gains; studies of different recipes are refused, naming the file
-    and the field."""
+    and the field; another number of seeds is the same recipe."""
     from gridcam.errors import GridcamError
     from gridcam.study.readme import render_file
+    from gridcam.study.tables import across, check_one_recipe
 
     (tmp_path / "docs" / "results").mkdir(parents=True)
     a = json.loads((RESULTS / "cpu-xeon-207.json").read_text())
     b = json.loads(json.dumps(a))
-    b["machine"].update(kernels="AVX2", onednn_cap="AVX2")
+    b["machine"].update(kernels="AVX2", caps={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    b["config"].update(seeds=3, preset="quick", data_root="elsewhere")
     b["summary"]["rows"]["Baseline"]["val_top1"]["values"] = [90.0, 91.25, 99.5]
     b["summary"]["diffs"]["Ours: GC - Baseline"]["gradcam/spg"] = {"mean": -1.0, "half": 0.5}
     b["wall_seconds"] = 90
-    for name, study in (("a", a), ("b", b)):
-        (tmp_path / "docs" / "results" / f"{name}.json").write_text(json.dumps(study))
+    for name, study_ in (("a", a), ("b", b)):
+        (tmp_path / "docs" / "results" / f"{name}.json").write_text(json.dumps(study_))
     doc = tmp_path / "R.md"
     doc.write_text("<!-- results:a+b:gradcam -->\n<!-- /results -->\n")
     assert render_file(doc) is True
     lines = doc.read_text().splitlines()
-    assert lines[2].startswith("| Ran on | Seeds | Baseline top-1 | GMP top-1 | *Ours: GC - Baseline* SPG |")
-    assert lines[4].startswith("| Intel(R) Xeon(R) Processor (model 207, AVX512 kernels) | 5 | 92.0–94.5 | 87.5–95.0 "
-                               "| +3.15 ± 1.34 | +3.08 ± 1.35 | +0.90 ± 0.81 | +7.11 ± 1.16 |")
-    assert lines[5] == ("| Intel(R) Xeon(R) Processor (model 207, AVX2 kernels, oneDNN capped at AVX2) | 5 "
+    assert lines[2] == ("| Ran on | Seeds | Baseline top-1 | GMP top-1 | *Ours: GC - Baseline* SPG | *Ours: GC - Baseline* CH "
+                        "| *Ours: GC - Baseline* top-1 | *Ours: GMP + GC - GMP* SPG | *Ours: GMP + GC - GMP* CH "
+                        "| *Ours: GMP + GC - GMP* top-1 | Wall time |")
+    assert lines[4] == ("| Intel(R) Xeon(R) Processor (family 6 model 207, AVX512 kernels) | 5 | 92.0–94.5 | 87.5–95.0 "
+                        "| +3.15 ± 1.34 | +3.08 ± 1.35 | +0.90 ± 0.81 | +7.11 ± 1.16 | +7.70 ± 1.23 | +0.90 ± 2.21 "
+                        "| 7.1 min |")
+    assert lines[5] == ("| Intel(R) Xeon(R) Processor (family 6 model 207, AVX2 kernels, ONEDNN_MAX_CPU_ISA=AVX2) | 3 "
                         "| 90.0–99.5 | 87.5–95.0 | -1.00 ± 0.50 | +3.08 ± 1.35 | +0.90 ± 0.81 | +7.11 ± 1.16 "
                         "| +7.70 ± 1.23 | +0.90 ± 2.21 | 1.5 min |")
+    # one column, one protocol: a study without the paper's top-1 puts every line at the eval size
+    c = json.loads(json.dumps(a))
+    for row in c["summary"]["rows"].values():
+        row.pop("val_top1")
+    c["summary"]["diffs"]["not a pair"] = {}
+    md = across([("A", a), ("C", c)])
+    assert "| Baseline top-1 at eval size | GMP top-1 at eval size |" in md and "not a pair" not in md
+    assert "| A | 5 | 89.5–95.0 | 86.0–89.5 | +3.15 ± 1.34 | +3.08 ± 1.35 | +2.70 ± 1.99 |" in md
+    with pytest.raises(GridcamError, match="no results files"):
+        check_one_recipe([])
     b["config"]["lam"] = 50.0
     (tmp_path / "docs" / "results" / "b.json").write_text(json.dumps(b))
     with pytest.raises(GridcamError, match=r"b.json: not the recipe of .*a.json \(lam differ\)"):
@@ -332,28 +347,84 @@ def test_across_machines_one_line_per_results_file(tmp_path) -> None:
 
 
 def test_machine_names_the_cpu_model_and_its_kernels(monkeypatch) -> None:
-    """Two machines with one model name differ by model number and by the kernels torch runs
-    (training is not bit-identical between them), so a results file records both."""
+    """Two machines with one model name differ by family and model number and by the kernels torch
+    runs (training is not bit-identical between them), so a results file records them, and every
+    setting that capped the kernels."""
     import torch
 
     from gridcam.study import schedule
     from gridcam.study.readme import machine_line
 
+    for var in schedule.KERNEL_CAPS:
+        monkeypatch.delenv(var, raising=False)
+    assert schedule.kernels() == {"kernels": torch.backends.cpu.get_cpu_capability()}
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
     m = schedule.machine(on_cpu=True, jobs=2)
-    assert m["kernels"] == torch.backends.cpu.get_cpu_capability() and m["onednn_cap"] == "AVX2"
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
-    assert "onednn_cap" not in schedule.machine(on_cpu=True, jobs=1)
+    assert m["caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     study_ = {"config": {"preset": "cpu", "seeds": 5},
-              "machine": {"cpu": "X", "model": 207, "kernels": "AVX2", "onednn_cap": "AVX2", "cores": 2}}
-    assert machine_line(study_) == "_`--preset cpu`, 5 seed(s); X (model 207, AVX2 kernels, oneDNN capped at AVX2), 2 cores._\n"
+              "machine": {"cpu": "X", "family": 6, "model": 207, "kernels": "AVX2", "cores": 2,
+                          "caps": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}}
+    assert machine_line(study_) == ("_`--preset cpu`, 5 seed(s); X (family 6 model 207, AVX2 kernels, "
+                                    "MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2), 2 cores._\n")
     # an older results file, which recorded the name only, renders as before
     study_["machine"] = {"cpu": "X", "cores": 2}
     assert machine_line(study_) == "_`--preset cpu`, 5 seed(s); X, 2 cores._\n"
     # a GPU run names the GPU, not the CPU's kernels
     study_["machine"] = {"cpu": "X", "model": 207, "kernels": "AVX512", "device_name": "H100"}
     assert machine_line(study_) == "_`--preset cpu`, 5 seed(s); H100._\n"
+
+
+CPUINFO_X86 = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 207
+model name\t: Intel(R) Xeon(R) Processor
+stepping\t: 2
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC 7763 64-Core Processor
+"""
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (CPUINFO_X86, {"cpu": "Intel(R) Xeon(R) Processor", "family": 6, "model": 207}),
+    # the first processor only, even when the others differ
+    (CPUINFO_X86.split("\n\n")[1], {"cpu": "AMD EPYC 7763 64-Core Processor", "family": 25, "model": 1}),
+    # aarch64 names no model; its "CPU part" is not a model number
+    ("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n\nprocessor\t: 1\n", {}),
+    # ppc64le calls it "cpu"; its machine-wide "model" line comes after every processor
+    ("processor\t: 0\ncpu\t\t: POWER9 (raw), altivec supported\n\ntimebase\t: 512000000\nmodel\t\t: 8335-GTH\n",
+     {"cpu": "POWER9 (raw), altivec supported"}),
+    # a header block before the first processor (LoongArch)
+    ("system type\t\t: generic-loongson-machine\n\nprocessor\t\t: 0\nmodel name\t\t: Loongson-3A5000\n",
+     {"cpu": "Loongson-3A5000"}),
+    ("", {}),
+])
+def test_cpuinfo_reads_the_first_processor(text, expected) -> None:
+    from gridcam.study.schedule import cpuinfo
+
+    assert cpuinfo(text) == expected
+
+
+def test_a_run_folder_trained_with_other_kernels_is_refused(tmp_path) -> None:
+    """Reusing a CPU training made with other kernels would label the study with kernels that did
+    not make its numbers; a stamp written before kernels were recorded is accepted."""
+    from gridcam.errors import GridcamError
+
+    avx512, avx2 = {"kernels": "AVX512"}, {"kernels": "AVX2", "caps": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
+    study._stamp(tmp_path / "r", {"lam": 10.0, "kernels": avx512})
+    study._stamp(tmp_path / "r", {"lam": 10.0, "kernels": avx512})
+    with pytest.raises(GridcamError, match=r"r: trained with other CPU kernels \(AVX512\) than this process "
+                                           r"runs \(AVX2, ONEDNN_MAX_CPU_ISA=AVX2\)"):
+        study._stamp(tmp_path / "r", {"lam": 10.0, "kernels": avx2})
+    with pytest.raises(GridcamError, match="different recipe"):  # another recipe is still that
+        study._stamp(tmp_path / "r", {"lam": 3.0, "kernels": avx2})
+    study._stamp(tmp_path / "old", {"lam": 10.0})
+    study._stamp(tmp_path / "old", {"lam": 10.0, "kernels": avx2})
 
 
 @pytest.mark.slow
@@ -387,17 +458,20 @@ def test_quick_preset_keeps_the_claims_with_another_cpus_kernels(tmp_path) -> No
     native = torch.backends.cpu.get_cpu_capability()
     if native not in OLDER_KERNELS:
         pytest.skip(f"torch runs {native} kernels here: no older x86 kernel set to compare with")
-    env = {**os.environ, **OLDER_KERNELS[native]}
+    from gridcam.study.schedule import KERNEL_CAPS
+
+    env = {**{k: v for k, v in os.environ.items() if k not in KERNEL_CAPS}, **OLDER_KERNELS[native]}
     proc = subprocess.run([sys.executable, "-m", "gridcam", "study", "--preset", "quick", "--out", str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = study.load(tmp_path)
-    expected = OLDER_KERNELS[native]["ATEN_CPU_CAPABILITY"].upper()
-    assert res["machine"]["kernels"] == expected and res["machine"]["onednn_cap"] == env["ONEDNN_MAX_CPU_ISA"]
+    caps = {k: v for k, v in OLDER_KERNELS[native].items() if k != "ATEN_CPU_CAPABILITY"}
+    assert res["machine"]["kernels"] == OLDER_KERNELS[native]["ATEN_CPU_CAPABILITY"].upper()
+    assert res["machine"]["caps"] == caps
     _check_claims(res)
 
 
-@pytest.mark.parametrize("name", ["demo", "cpu-xeon-207", "cpu-xeon-207-avx2", "cpu-xeon-207-sse41"])
+@pytest.mark.parametrize("name", ["demo", "demo-avx2", "cpu-xeon-207", "cpu-xeon-207-avx2", "cpu-xeon-207-sse41"])
 def test_the_stored_results_keep_the_claims(name) -> None:
     """Every stored run of the recipe, whatever its kernels, passes what the slow tests check of a
     rerun; a run whose interval reaches zero, or whose baseline did not learn, does not."""
@@ -436,7 +510,8 @@ def _check_claims(res: dict) -> None:
 #: at the evaluation size), GMP 94.0 (89.5), GC - Baseline top-1 +1.0 and GMP + GC - GMP -0.5. The
 #: 15 draws of this recipe measured (5 seeds x 3 kernel sets, docs/study.md) spread Baseline over
 #: 91.5-95.5 (85.0-96.5 at the evaluation size), GMP over 87.5-95.0 (83.5-91.0), the pairs' top-1
-#: changes over -0.5..+3.5; the margins below keep at least 5 points under the lowest of each
+#: changes over -0.5..+3.5; the top-1 thresholds below sit at least 5 points under the lowest of
+#: each, and the cost bound allows a change of -5 (4.5 points beyond the worst measured)
 CLAIMS = {"baseline_top1": 85.0, "baseline_top1_eval": 80.0, "gmp_top1": 80.0, "gmp_top1_eval": 78.0,
           "gc_top1_cost": 5.0}
 

@@ -16,7 +16,7 @@ import torch
 
 from gridcam.errors import GridcamError
 
-__all__ = ["DEFAULT_METRICS", "EVAL_ONLY", "METHODS", "METRICS", "PAIRS", "PRESETS", "ROWS", "Row",
+__all__ = ["DEFAULT_METRICS", "EVAL_ONLY", "METHODS", "METRICS", "NOT_RECIPE", "PAIRS", "PRESETS", "ROWS", "Row",
            "StudyConfig", "config_for", "describe"]
 
 METHODS = ("gradcam", "gradient", "input_x_gradient")
@@ -123,6 +123,11 @@ class StudyConfig:
 
 
 EVAL_ONLY = ("methods", "metrics", "eval_resize")
+
+#: the fields of a results file's config that do not make it another recipe when runs on several
+#: machines are compared: how many seeds ran and under which preset name (``recipe()`` leaves them
+#: out too), where the data lies or was written, which methods and extra metrics were scored
+NOT_RECIPE = ("preset", "seeds", "data", "data_root", "methods", "metrics")
 
 
 def _training_only(recipe: dict[str, Any]) -> dict[str, Any]:

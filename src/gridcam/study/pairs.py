@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from gridcam.report.runs import RECORD_KEYS, pair_scores, scores_on_pairs
-from gridcam.study.stats import paired
+from gridcam.study.stats import pair_name, paired, split_name
 
 __all__ = ["METRICS", "common_pairs", "per_image_diffs", "verdict"]
 
@@ -58,7 +58,7 @@ def per_image_diffs(run_dirs: Mapping[str, Mapping[int, Path]], pairs: Sequence[
                     continue  # a faithfulness metric neither scored on common pairs
                 stat = paired(a.get(key, {}), b.get(key, {}))
                 cols[f"{method}/{key}"] = {k: stat[k] for k in ("mean", "half", "n")}
-        result[f"{ours} - {base}"] = cols
+        result[pair_name(ours, base)] = cols
     return result
 
 
@@ -107,7 +107,7 @@ def verdict(name: str, diffs: Mapping[str, Mapping[str, Any]], top1: Mapping[str
         return 1 if s["mean"] - s["half"] > 0 else -1 if s["mean"] + s["half"] < 0 else 0
 
     signs = (sign(spg), sign(ch))
-    ours, base = name.split(" - ")
+    ours, base = split_name(name) or (name, "its baseline")
     if signs == (1, 1):
         head = f"{ours} localises better than {base}"
     elif -1 in signs and 1 not in signs:

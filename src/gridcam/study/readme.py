@@ -10,7 +10,8 @@ is replaced by the tables of ``docs/results/NAME.json`` (a ``study.json`` copied
 person who ran the study), headed by the machine and the wall time it records;
 ``<!-- results:NAME:METHOD -->`` renders the verdicts and the table of one explanation method only
 (the README's short form); ``<!-- results:A+B+C:METHOD -->`` renders one line per results file
-of one recipe run on several machines (:func:`gridcam.study.tables.across`: how far they agree).
+of one recipe run on several machines (:func:`gridcam.study.tables.across`: how far they agree;
+without ``:METHOD``, Grad-CAM's numbers).
 ``gridcam study --render-readme README.md`` rewrites every block; ``tests/test_readme.py`` fails
 when the README differs from that rendering, so a table can only change with its results file.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from gridcam.errors import GridcamError
 from gridcam.study import tables
 
-__all__ = ["BLOCK", "cpu_detail", "machine_line", "where", "render", "render_file"]
+__all__ = ["BLOCK", "cpu_detail", "machine_line", "render", "render_file", "where"]
 
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.+-]+?)(?::(?P<method>\w+))? -->\n)(?P<body>.*?)(<!-- /results -->)",
                    re.S)
@@ -54,11 +55,13 @@ def where(study: dict) -> str:
 
 
 def cpu_detail(m: dict) -> str:
-    """`` (model 207, AVX2 kernels, oneDNN capped at AVX2)``: what tells two machines with one
-    model name apart, and the kernels that made the numbers; empty for an older results file."""
-    parts = ([f"model {m['model']}"] if m.get("model") is not None else []) \
+    """`` (family 6 model 207, AVX2 kernels, MKL_ENABLE_INSTRUCTIONS=AVX2, ...)``: what tells two
+    machines with one model name apart, the kernels that made the numbers and the settings that
+    capped them; empty for an older results file, which recorded none of it."""
+    family = f"family {m['family']} " if m.get("family") is not None else ""
+    parts = ([f"{family}model {m['model']}"] if m.get("model") is not None else []) \
         + ([f"{m['kernels']} kernels"] if m.get("kernels") else []) \
-        + ([f"oneDNN capped at {m['onednn_cap']}"] if m.get("onednn_cap") else [])
+        + [f"{k}={v}" for k, v in sorted((m.get("caps") or {}).items())]
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -84,7 +87,8 @@ def render(text: str, results: Path) -> str:
             names = name.split("+")
             studies = [_load(results, n, name, method) for n in names]
             tables.check_one_recipe([(str(results / f"{n}.json"), s) for n, s in zip(names, studies)])
-            return m.group(1) + "\n" + tables.across([(where(s), s) for s in studies], method) + m.group(5)
+            return (m.group(1) + "\n" + tables.across([(where(s), s) for s in studies], method, checked=True)
+                    + m.group(5))
         study = _load(results, name, name, method)
         if method is None:
             return m.group(1) + machine_line(study) + "\n" + tables.table(study) + m.group(5)

@@ -118,6 +118,12 @@ def _stamp(save_dir: Path, what: dict[str, Any]) -> None:
             old["recipe"] = _training_only(old["recipe"])  # stamps once held the whole recipe
         if isinstance(old, dict) and old.get("pretrained"):
             old["pretrained"] = _in_study(old["pretrained"])  # stamps once held the path as given
+        if isinstance(old, dict) and "kernels" in what:
+            old.setdefault("kernels", what["kernels"])  # stamps once held no kernels: unknown, accepted
+            if {**old, "kernels": what["kernels"]} == what and old["kernels"] != what["kernels"]:
+                raise GridcamError(f"{save_dir}: trained with other CPU kernels ({_kernels(old['kernels'])}) than "
+                                   f"this process runs ({_kernels(what['kernels'])}), which change a training's "
+                                   "digits; use a new --out, or the settings it was trained with")
         if old is not None and old != what:
             raise GridcamError(f"{save_dir}: holds a run of a different recipe (see {path.name}); "
                                "use a new --out or delete that folder")
@@ -125,6 +131,13 @@ def _stamp(save_dir: Path, what: dict[str, Any]) -> None:
             return
     save_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(what, indent=1))
+
+
+def _kernels(k: Any) -> str:
+    """``AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2``: a stamp's kernels in words."""
+    if not isinstance(k, dict):
+        return str(k)
+    return ", ".join([str(k.get("kernels"))] + [f"{v}={x}" for v, x in sorted((k.get("caps") or {}).items())])
 
 
 def _in_study(path: str | Path | None) -> str | None:
@@ -144,7 +157,8 @@ def train_row(c: StudyConfig, stage: Stage, seed: int, data_root: Path, save_dir
     last = save_dir / checkpoint_name(stage.epochs)
     _stamp(save_dir, {"recipe": c.training_recipe(), "seed": seed, "lam": stage.lam, "gmp": stage.gmp,
                       "epochs": stage.epochs, "lr": stage.lr, "warmup_steps": stage.warmup_steps,
-                      "pretrained": _in_study(stage.pretrained)})
+                      "pretrained": _in_study(stage.pretrained),
+                      **({"kernels": schedule.kernels()} if _on_cpu(c) else {})})
     if last.is_file():
         return last
     resume = "auto" if any(save_dir.glob("*.pth.tar")) else None

@@ -27,7 +27,8 @@ import torch
 
 from gridcam.errors import GridcamError
 
-__all__ = ["Unit", "default_jobs", "make_units", "next_ready", "run_units"]
+__all__ = ["KERNEL_CAPS", "Unit", "cpuinfo", "default_jobs", "kernels", "machine", "make_units", "next_ready",
+           "run_units"]
 
 
 @dataclass(frozen=True)
@@ -189,32 +190,58 @@ def _worker(job: str) -> int:
     return 0
 
 
+#: the environment variables that cap the instruction set of oneDNN's and MKL's kernels (torch's
+#: own, ATEN_CPU_CAPABILITY, shows in :func:`kernels`' capability)
+KERNEL_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def kernels() -> dict[str, Any]:
+    """The CPU kernels this process runs, which decide a CPU training's digits (docs/study.md,
+    "Other CPUs' kernels"): ``{"kernels": "AVX512" | "AVX2" | "DEFAULT" | ..., "caps": {VAR:
+    value}}``, ``caps`` only when one of :data:`KERNEL_CAPS` is set."""
+    caps = {v: os.environ[v] for v in KERNEL_CAPS if os.environ.get(v)}
+    return {"kernels": torch.backends.cpu.get_cpu_capability(), **({"caps": caps} if caps else {})}
+
+
+def cpuinfo(text: str) -> dict[str, Any]:
+    """The first processor of a ``/proc/cpuinfo`` text: ``{"cpu": model name, "family": int,
+    "model": int}``, each only where the text has it (x86 has all three; aarch64, ppc64le and
+    others name the CPU differently or not at all)."""
+    first: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if not sep:
+            if first.get("processor") is not None:
+                break  # the first processor's block ends at its blank line
+            continue
+        if key == "processor" and "processor" in first:
+            break
+        first.setdefault(key, value.strip())
+    out: dict[str, Any] = {}
+    if first.get("model name") or first.get("cpu"):  # ppc64le names it "cpu"
+        out["cpu"] = first.get("model name") or first["cpu"]
+    for key, name in (("cpu family", "family"), ("model", "model")):
+        if first.get(key, "").isdigit():
+            out[name] = int(first[key])
+    return out
+
+
 def machine(on_cpu: bool, jobs: int) -> dict[str, Any]:
-    """What ran a study, for its results file: CPU model name and number (``lscpu``'s "Model
-    name" and "Model"), the instruction set torch's CPU kernels use (``AVX512``, ``AVX2``, ...:
-    training differs between them, see docs/study.md), and oneDNN's cap when
-    ``ONEDNN_MAX_CPU_ISA`` sets one; cores, torch version, the GPU's name when one was used, and
-    the processes."""
-    cpuinfo: dict[str, str] = {}
+    """What ran a study, for its results file: CPU model name, family and model number (from
+    ``/proc/cpuinfo``, as ``lscpu`` shows them), the kernels torch ran (:func:`kernels`), cores,
+    torch version, the GPU's name when one was used, and the processes."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if not sep:
-                    break  # the first processor's block ends at its blank line
-                cpuinfo.setdefault(key.strip(), value.strip())
+            cpu = cpuinfo(f.read())
     except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpuinfo.get("model name"), "cores": cpu_cores(), "torch": torch.__version__,
-                            "jobs": jobs, "kernels": torch.backends.cpu.get_cpu_capability()}
-    if cpuinfo.get("model", "").isdigit():
-        info["model"] = int(cpuinfo["model"])
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
-    if cap:
-        info["onednn_cap"] = cap
+        cpu = {}
+    info: dict[str, Any] = {"cpu": cpu.pop("cpu", None), "cores": cpu_cores(), "torch": torch.__version__,
+                            "jobs": jobs, **cpu, **kernels()}
     if not on_cpu and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(0)
     return info
+
 
 if __name__ == "__main__":
     raise SystemExit(_worker(sys.argv[1]))

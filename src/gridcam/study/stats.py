@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["t_quantile", "mean_ci", "paired", "summarize", "markdown", "cell"]
+__all__ = ["t_quantile", "mean_ci", "paired", "pair_name", "split_name", "summarize", "markdown", "cell"]
 
 # two-sided 95 % Student t quantiles t_{0.975, df}, df = 1..30
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -52,6 +52,17 @@ def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, Any]:
     return out
 
 
+def pair_name(row: str, base: str) -> str:
+    """The key of a paired difference: ``"row - base"`` (e.g. ``"Ours: GC - Baseline"``)."""
+    return f"{row} - {base}"
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """``(row, base)`` of a :func:`pair_name` key; None for a name that is not one."""
+    row, sep, base = name.rpartition(" - ")
+    return (row, base) if sep and row and base else None
+
+
 def summarize(values: Mapping[str, Mapping[str, Mapping[int, float]]],
               pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """``values[row][metric][seed]`` -> ``{"rows": {row: {metric: mean_ci}}, "diffs": {...}}``.
@@ -63,7 +74,7 @@ def summarize(values: Mapping[str, Mapping[str, Mapping[int, float]]],
     diffs = {}
     for r, base in pairs:
         if r in values and base in values:
-            diffs[f"{r} - {base}"] = {m: paired(values[r][m], values[base][m])
+            diffs[pair_name(r, base)] = {m: paired(values[r][m], values[base][m])
                                       for m in values[r] if m in values[base]}
     return {"rows": rows, "diffs": diffs}
 

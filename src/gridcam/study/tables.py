@@ -10,7 +10,8 @@ from typing import Any, Sequence
 from gridcam.errors import GridcamError
 from gridcam.study import pairs
 from gridcam.study import stats as study_stats
-from gridcam.study.config import METRICS
+from gridcam.study.config import METRICS, NOT_RECIPE
+from gridcam.study.stats import split_name
 
 __all__ = ["across", "check_one_recipe", "load", "table", "verdicts"]
 
@@ -61,48 +62,52 @@ def table(study: dict[str, Any], method: str | None = None) -> str:
     return "\n".join(parts)
 
 
-#: config fields that may differ between studies of one recipe (where the data was written,
-#: which methods and extra metrics were scored)
-NOT_RECIPE = ("data_root", "methods", "metrics")
-
-
 def check_one_recipe(studies: Sequence[tuple[str, dict[str, Any]]]) -> None:
-    """GridcamError naming the first ``(name, study)`` whose recipe (its config but for
-    :data:`NOT_RECIPE`) differs from the first one's, and the fields that differ."""
+    """GridcamError naming the first ``(name, study)`` whose recipe differs from the first one's,
+    and the fields that differ: every config field but :data:`~gridcam.study.config.NOT_RECIPE`
+    that both files have (an older file may lack a newer field)."""
+    if not studies:
+        raise GridcamError("no results files to compare")
     first = studies[0][1]["config"]
     for name, study in studies[1:]:
-        differ = sorted(k for k in set(first) | set(study["config"])
-                        if k not in NOT_RECIPE and first.get(k) != study["config"].get(k))
+        other = study["config"]
+        differ = sorted(k for k in set(first) & set(other) if k not in NOT_RECIPE and first[k] != other[k])
         if differ:
             raise GridcamError(f"{name}: not the recipe of {studies[0][0]} ({', '.join(differ)} differ); "
                                "only runs of one recipe can be compared across machines")
 
 
-def across(studies: Sequence[tuple[str, dict[str, Any]]], method: str = "gradcam") -> str:
+def _top1_range(row: dict[str, Any], key: str) -> str:
+    vals = (row.get(key) or {}).get("values") or []
+    return f"{min(vals):.1f}–{max(vals):.1f}" if vals else "–"
+
+
+def across(studies: Sequence[tuple[str, dict[str, Any]]], method: str = "gradcam", checked: bool = False) -> str:
     """Markdown: one study per line (``(label, study)``, the label naming e.g. the machine that
     ran it), to show how far runs of one recipe on several machines agree: the seeds, every row a
-    comparison is made against with its top-1 over the seeds as lowest–highest (the paper's
-    protocol where the study has it), then per comparison the mean ± 95 % interval over seeds of
-    ``method``'s SPG and CH gains and of the top-1 change, and the study's wall time.
-    GridcamError when the studies are not of one recipe (:func:`check_one_recipe`)."""
-    check_one_recipe(studies)
-    names = list(dict.fromkeys(n for _, s in studies for n in s["summary"]["diffs"]))
-    bases = list(dict.fromkeys(n.rsplit(" - ", 1)[-1] for n in names))
-    head = (["Ran on", "Seeds"] + [f"{b} top-1" for b in bases]
-            + [f"*{n}* {h}" for n in names for h in ("SPG", "CH", "top-1")] + ["Wall time"])
+    comparison is made against with its top-1 over the seeds as lowest–highest, then per
+    comparison the mean ± 95 % interval over seeds of ``method``'s SPG and CH gains and of the
+    top-1 change, and the study's wall time. Top-1 is the paper's protocol where every study has
+    it, else the evaluation pass's for all (one column, one protocol). GridcamError when the
+    studies are not of one recipe (:func:`check_one_recipe`; ``checked``: the caller did that)."""
+    if not checked:
+        check_one_recipe(studies)
+    names = list(dict.fromkeys(n for _, s in studies for n in s["summary"]["diffs"] if split_name(n)))
+    bases = list(dict.fromkeys(split_name(n)[1] for n in names))
+    key = "val_top1" if all(any("val_top1" in r for r in s["summary"]["rows"].values())
+                            for _, s in studies) else "top1"
+    top1 = "top-1" if key == "val_top1" else "top-1 at eval size"
+    head = (["Ran on", "Seeds"] + [f"{b} {top1}" for b in bases]
+            + [f"*{n}* {h}" for n in names for h in ("SPG", "CH", top1)] + ["Wall time"])
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " :---: |" * (len(head) - 1)]
     for label, study in studies:
         rows, diffs = study["summary"]["rows"], study["summary"]["diffs"]
         cells = [label, str(study["config"].get("seeds", "–"))]
-        for b in bases:
-            r = rows.get(b, {})
-            vals = (r.get("val_top1") or r.get("top1") or {}).get("values") or []
-            cells.append(f"{min(vals):.1f}–{max(vals):.1f}" if vals else "–")
+        cells += [_top1_range(rows.get(b, {}), key) for b in bases]
         for n in names:
             d = diffs.get(n, {})
-            cells += [study_stats.cell(d.get(f"{method}/spg"), signed=True),
-                      study_stats.cell(d.get(f"{method}/ch"), signed=True),
-                      study_stats.cell(d.get("val_top1") or d.get("top1"), signed=True)]
+            cells += [study_stats.cell(d.get(f"{method}/{m}"), signed=True) for m in ("spg", "ch")]
+            cells.append(study_stats.cell(d.get(key), signed=True))
         wall = study.get("wall_seconds")
         cells.append(f"{float(wall) / 60:.1f} min" if wall else "–")
         lines.append("| " + " | ".join(cells) + " |")
