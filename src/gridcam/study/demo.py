@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gridcam.study import runner as study
+from gridcam.study.tables import has_paper_top1
 
 METHODS = study.METHODS
 
@@ -47,7 +48,7 @@ def _page_lines(result: dict[str, Any], config: Any) -> list[str] | None:
     """The study's verdicts, then which top-1 the page's table shows (the evaluation pass's, at
     ``eval_resize``) against the verdicts' (the paper's protocol, at the training size)."""
     lines = list(result.get("verdicts") or [])
-    if lines and any("val_top1" in r for r in result["summary"]["rows"].values()):
+    if lines and has_paper_top1(result["summary"]):
         lines.append(f"The verdicts' top-1 is the paper's (val images at the {config.image_size} px training "
                      f"size); the table's Top-1 Acc is the localisation pass's, at {config.eval_resize} px "
                      "(docs/study.md, \"Two top-1 columns\").")

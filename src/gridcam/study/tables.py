@@ -13,7 +13,7 @@ from gridcam.study import stats as study_stats
 from gridcam.study.config import METRICS, NOT_RECIPE
 from gridcam.study.stats import split_name
 
-__all__ = ["across", "check_one_recipe", "load", "table", "verdicts"]
+__all__ = ["across", "check_one_recipe", "has_paper_top1", "load", "table", "verdicts"]
 
 
 #: the top-1 columns: the paper's protocol (val at the training size, from the rows' training logs)
@@ -22,9 +22,14 @@ __all__ = ["across", "check_one_recipe", "load", "table", "verdicts"]
 TOP1 = (("val_top1", "Top-1"), ("top1", "Top-1 at eval size"))
 
 
+def has_paper_top1(summary: dict[str, Any]) -> bool:
+    """Whether a study's summary has the paper's top-1 (``val_top1``; a study written before it
+    existed has only the evaluation pass's ``top1``)."""
+    return any("val_top1" in r for r in summary.get("rows", {}).values())
+
+
 def _top1_columns(summary: dict[str, Any] | None) -> list[tuple[str, str]]:
-    rows = (summary or {}).get("rows", {})
-    if summary is None or any("val_top1" in r for r in rows.values()):
+    if summary is None or has_paper_top1(summary):
         return list(TOP1)
     return [("top1", "Top-1")]
 
@@ -94,8 +99,7 @@ def across(studies: Sequence[tuple[str, dict[str, Any]]], method: str = "gradcam
         check_one_recipe(studies)
     names = list(dict.fromkeys(n for _, s in studies for n in s["summary"]["diffs"] if split_name(n)))
     bases = list(dict.fromkeys(split_name(n)[1] for n in names))
-    key = "val_top1" if all(any("val_top1" in r for r in s["summary"]["rows"].values())
-                            for _, s in studies) else "top1"
+    key = "val_top1" if all(has_paper_top1(s["summary"]) for _, s in studies) else "top1"
     top1 = "top-1" if key == "val_top1" else "top-1 at eval size"
     head = (["Ran on", "Seeds"] + [f"{b} {top1}" for b in bases]
             + [f"*{n}* {h}" for n in names for h in ("SPG", "CH", top1)] + ["Wall time"])

@@ -163,6 +163,11 @@ def _norm(c: TrainConfig) -> dict[str, tuple[float, ...]]:
     return {"mean": mean, "std": std}
 
 
+def _train_transform(c: TrainConfig) -> data.transforms.Compose:
+    """The training crops of both datasets: ``--image-size`` px, ``--crop-scale`` of the area."""
+    return data.transforms.train_transform(c.image_size, scale=tuple(c.crop_scale), **_norm(c))
+
+
 def build_datasets(c: TrainConfig, rank0: bool) -> Datasets:
     """The training set (None with ``evaluate``) and the validation set (None when absent)."""
     root = Path(c.data)
@@ -179,7 +184,7 @@ def _imagenet_datasets(c: TrainConfig, root: Path, use_grid: bool, rank0: bool) 
     if train_dir is None:
         raise GridcamError(f"{root}: no train/ folder (ImageNet layout: DATA/train/<class>/*.JPEG); "
                            "it also defines the class order")
-    train = data.ImageFolder(train_dir, data.transforms.train_transform(c.image_size, scale=tuple(c.crop_scale), **_norm(c)))
+    train = data.ImageFolder(train_dir, _train_transform(c))
     classes = list(train.classes)
     val = None
     if c.validate and _find_dir(root, "val", "ILSVRC/Data/CLS-LOC/val") is not None:
@@ -194,7 +199,7 @@ def _imagenet_datasets(c: TrainConfig, root: Path, use_grid: bool, rank0: bool) 
 
 def _coco_datasets(c: TrainConfig, root: Path, use_grid: bool, rank0: bool) -> Datasets:
     ann = root / "annotations" / f"instances_{c.train_split}.json"
-    train = data.CocoDataset(root, c.train_split, data.transforms.train_transform(c.image_size, scale=tuple(c.crop_scale), **_norm(c)))
+    train = data.CocoDataset(root, c.train_split, _train_transform(c))
     val = None
     val_ann = root / "annotations" / f"instances_{c.val_split}.json"
     if c.validate and val_ann.is_file():
